@@ -1,0 +1,110 @@
+"""Safe image decoding shared by training, batch scoring and the viewer.
+
+One function, :func:`decode_image`, turns file bytes into an RGB ``uint8`` array or raises
+:class:`ImageError` with a short reason. It applies EXIF orientation, converts every mode (L, LA, P, RGBA,
+CMYK, 16-bit) to RGB, takes the first frame of an animation, and refuses decompression bombs before
+decoding any pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from struct import error as struct_error  # raised by some truncated TIFF/BMP files
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image. ``reason`` is short and stable enough to group by."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # H x W x 3, uint8, RGB, EXIF orientation applied
+    width: int  # as stored in the file, before orientation
+    height: int
+    format: str
+    mode: str
+
+
+def has_image_extension(name: str) -> bool:
+    """True when the file name ends in a supported image extension (case-insensitive)."""
+    dot = name.rfind(".")
+    return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode image bytes to RGB uint8, or raise :class:`ImageError` with the reason."""
+    if not data:
+        raise ImageError("zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError("too large", f"{width}x{height} is over the limit of {max_pixels:,} pixels")
+            fmt = img.format or "?"
+            mode = img.mode
+            if getattr(img, "is_animated", False):
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too large", str(exc).split(".")[0]) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image", "no known image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error) as exc:
+        text = str(exc)
+        if "truncated" in text or "broken data stream" in text or isinstance(exc, EOFError):
+            raise ImageError("truncated", text) from None
+        raise ImageError("unreadable image", text[:200]) from None
+    pixels = np.asarray(rgb, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise ImageError("unreadable image", f"unexpected pixel shape {pixels.shape}")
+    return Decoded(pixels=pixels, width=width, height=height, format=fmt, mode=mode)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited over white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode != "I" or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+        arr8 = np.clip((arr - lo) / max(hi - lo, 1e-9) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the header only, or ``None`` when it cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any failure means "unknown size"
+        return None

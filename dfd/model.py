@@ -1,0 +1,137 @@
+"""Model builders (functions of their hyperparameters) and the one way a model is saved and loaded.
+
+Every model takes raw RGB pixels in 0..255 (float32 or uint8) of shape (S, S, 3) and outputs the probability
+that the image is a deepfake. Pixel scaling lives inside the model; which pixels it sees (crops or a resize)
+is described by the ``input_spec`` in its metadata and cut by :mod:`dfd.preprocess`.
+
+A saved model is a folder holding ``model.keras`` and ``metadata.json``; :func:`load_model` reads both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+from dfd.preprocess import InputSpec, make_spec  # noqa: E402
+
+CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake)
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+
+ARCHITECTURES = ("patchnet", "seed-cnn")
+
+
+def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5) -> InputSpec:
+    """How images are cut for ``arch``: seed-cnn resizes to 64 x 64; the others use native-resolution crops."""
+    if arch == "seed-cnn":
+        return make_spec("resize", 64, 1)
+    return make_spec("crop", crop_size, eval_crops)
+
+
+def build_model(
+    arch: str = "patchnet",
+    input_size: int = 128,
+    *,
+    width: int = 32,
+    dropout: float = 0.3,
+    learning_rate: float = 2e-3,
+    seed: int = 42,
+) -> keras.Model:
+    """Build and compile a detector. ``width`` scales the number of filters (patchnet only)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="pixels")
+    if arch == "seed-cnn":
+        x = layers.Rescaling(1.0 / 255)(inputs)
+        for filters in (32, 32, 64, 64):
+            x = layers.Conv2D(filters, 3, activation="relu", padding="same")(x)
+            x = layers.MaxPooling2D()(x)
+        x = layers.Flatten()(x)
+        x = layers.Dense(64, activation="relu")(x)
+        x = layers.Dropout(0.5)(x)
+    elif arch == "patchnet":
+        x = _patchnet_body(inputs, width, dropout)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake", dtype="float32")(x)
+    model = keras.Model(inputs, outputs, name=arch.replace("-", "_"))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def _patchnet_body(inputs: Any, width: int, dropout: float) -> Any:
+    """A small fully convolutional network for native-resolution crops.
+
+    The first layers keep full resolution long enough to see resampling and blending traces; separable
+    convolutions keep it cheap on CPU; global average pooling makes it indifferent to where a trace sits.
+    """
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = layers.Conv2D(width, 3, strides=1, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    for mult in (2, 4, 8):
+        x = layers.SeparableConv2D(width * mult, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    return x
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what the model's behaviour depends on, for the metadata sidecar."""
+    import numpy
+    import PIL
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def save_model(model: keras.Model, metadata: dict[str, Any], folder: str | Path) -> Path:
+    """Write ``model.keras`` and ``metadata.json`` into ``folder`` (each atomically)."""
+    from dfd.storage import atomic_write_local
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".tmp-model.keras"
+    model.save(tmp)
+    os.replace(tmp, folder / MODEL_FILE)
+    required = {"input_spec", "threshold", "class_names"}
+    missing = required - set(metadata)
+    if missing:
+        raise ValueError(f"metadata is missing {sorted(missing)}")
+    atomic_write_local(folder / METADATA_FILE, (json.dumps(metadata, indent=2, default=str) + "\n").encode())
+    return folder
+
+
+def load_model(folder: str | Path) -> tuple[keras.Model, dict[str, Any]]:
+    """Load a saved model and its metadata sidecar together."""
+    folder = Path(folder)
+    meta_path, model_path = folder / METADATA_FILE, folder / MODEL_FILE
+    if not model_path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"no saved model in {folder} (need {MODEL_FILE} and {METADATA_FILE})")
+    metadata = json.loads(meta_path.read_text())
+    model = keras.models.load_model(model_path, compile=False)
+    return model, metadata

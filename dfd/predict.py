@@ -1,0 +1,85 @@
+"""Score decoded images with a saved model: the code path shared by evaluation, batch scoring and the viewer.
+
+The score of an image is the mean of the model's P(deepfake) over the image's views (see
+:mod:`dfd.preprocess`), then calibrated with the temperature stored in the metadata (1.0 = none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfd.imageio import DEFAULT_MAX_PIXELS, decode_image
+from dfd.preprocess import eval_views
+
+
+class Predictor:
+    """A loaded model plus its metadata; turns pixels or file bytes into fake probabilities."""
+
+    def __init__(self, model: Any, metadata: dict[str, Any]):
+        self.model = model
+        self.metadata = metadata
+        self.spec = metadata["input_spec"]
+        self.threshold = float(metadata["threshold"])
+        self.version = str(metadata.get("version", "unversioned"))
+        self.temperature = float(metadata.get("temperature", 1.0) or 1.0)
+        self.max_pixels = int(metadata.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> Predictor:
+        from dfd.model import load_model
+
+        model, metadata = load_model(folder)
+        return cls(model, metadata)
+
+    @property
+    def views_per_image(self) -> int:
+        return int(self.spec.get("crops", 1))
+
+    def views(self, pixels: np.ndarray) -> np.ndarray:
+        return eval_views(pixels, self.spec)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        out = self.model(batch.astype(np.float32, copy=False), training=False)
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def calibrate(self, view_probs: np.ndarray) -> np.ndarray:
+        """Average view probabilities per image in logit space, then apply the temperature."""
+        p = np.clip(view_probs, 1e-6, 1 - 1e-6)
+        logits = np.log(p / (1 - p)).reshape(-1, self.views_per_image).mean(axis=1)
+        return 1.0 / (1.0 + np.exp(-logits / self.temperature))
+
+    def score_views(self, views: np.ndarray) -> np.ndarray:
+        """Scores for a stack of views, K per image in order: returns one score per image."""
+        if len(views) == 0:
+            return np.zeros(0)
+        return self.calibrate(self._forward(views))
+
+    def score_pixels(self, images: Iterable[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Scores for decoded RGB images, batched."""
+        out: list[np.ndarray] = []
+        for chunk in _chunks(images, max(1, batch_size)):
+            out.append(self.score_views(np.concatenate([self.views(p) for p in chunk])))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def score_bytes(self, data: bytes) -> float:
+        """Score one file's bytes (raises :class:`dfd.imageio.ImageError` if it is not a usable image)."""
+        decoded = decode_image(data, self.max_pixels)
+        return float(self.score_pixels([decoded.pixels])[0])
+
+    def label(self, score: float) -> str:
+        return "deepfake" if score >= self.threshold else "real"
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

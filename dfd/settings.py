@@ -1,0 +1,150 @@
+"""One settings object: defaults, overridden by environment variables, then by explicit (flow) parameters.
+
+Every field ``name`` can be set with the environment variable ``DFD_<NAME>``; the storage URLs and a few
+operational settings also accept the short names documented in the README (``ARTIFACTS_URL``, ``DATA_URL``,
+``INBOX_URL``, ``SYNTHETIC_URL``, ``S3_ENDPOINT_URL``, ``WEBHOOK_URL``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# Short environment names accepted besides DFD_<NAME>.
+ENV_ALIASES = {
+    "data_url": "DATA_URL",
+    "synthetic_url": "SYNTHETIC_URL",
+    "artifacts_url": "ARTIFACTS_URL",
+    "inbox_url": "INBOX_URL",
+    "s3_endpoint_url": "S3_ENDPOINT_URL",
+    "webhook_url": "WEBHOOK_URL",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a flow, the scorer or the viewer needs to know about where things are and how to train."""
+
+    # Where things live: a local path or an s3://bucket/prefix URL.
+    data_url: str = "data/sample_data"
+    synthetic_url: str = "data/synthetic_data"
+    artifacts_url: str = "artifacts"
+    inbox_url: str = "data/inbox"
+    s3_endpoint_url: str = ""
+    # Local scratch space for training checkpoints and downloaded models (never shared between machines).
+    work_dir: str = ".dfd-work"
+
+    # Data validation and split.
+    seed: int = 42
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    min_images_per_class: int = 10
+    max_image_pixels: int = 40_000_000
+    max_file_bytes: int = 64 * 1024 * 1024
+    near_duplicate_distance: int = 4
+
+    # Augmentation (the seed's "synthetic data"): copies per training image, written to synthetic_url.
+    augment_per_image: int = 1
+    augment_rotation: float = 10.0
+    augment_shift: float = 0.05
+    augment_zoom: float = 0.1
+    augment_flip: bool = True
+
+    # Model and training.
+    arch: str = "patchnet"
+    crop_size: int = 0  # 0 = choose from the data (largest size up to max_crop_size that fits the images)
+    max_crop_size: int = 128
+    eval_crops: int = 5
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    patience: int = 4
+    width: int = 32
+
+    # Promotion: the candidate must not be worse than the champion by more than this AUC on the same images.
+    promotion_tolerance: float = 0.005
+
+    # Scoring.
+    score_batch_size: int = 64
+    ready_marker: str = "_READY"
+    quiet_seconds: float = 60.0
+
+    # Notifications (off when empty).
+    webhook_url: str = ""
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from defaults, then the environment, then non-None ``overrides``."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"DFD_{f.name.upper()}")
+            if raw is None and f.name in ENV_ALIASES:
+                raw = env.get(ENV_ALIASES[f.name])
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.name, f.type, raw)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in {f.name for f in fields(cls)}:
+                raise SettingsError(f"unknown setting {name!r}")
+            values[name] = value
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (``None`` values are ignored)."""
+        s = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        s.check()
+        return s
+
+    def check(self) -> None:
+        """Reject values that would only fail later, with a message that names the setting."""
+        if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
+            raise SettingsError("val_fraction and test_fraction must each be between 0 and 0.5")
+        if self.min_images_per_class < 3:
+            raise SettingsError("min_images_per_class must be at least 3 (one per split)")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise SettingsError("epochs must be >= 0 and batch_size >= 1")
+        if self.augment_per_image < 0:
+            raise SettingsError("augment_per_image must be >= 0")
+        if self.crop_size and self.crop_size < 16:
+            raise SettingsError("crop_size must be 0 (auto) or at least 16")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-able dict, without anything that could be a secret."""
+        d = dataclasses.asdict(self)
+        d.pop("extra", None)
+        if d.get("webhook_url"):
+            d["webhook_url"] = "(set)"
+        return d
+
+
+def _coerce(name: str, type_name: Any, raw: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise SettingsError(f"environment setting for {name!r} is not a valid {kind}: {raw!r}") from None
+    return raw
