@@ -1,0 +1,1 @@
+"""Helpers to deploy the flows and run the local stack."""

@@ -1,0 +1,1 @@
+"""Pure logic of the deepfake batch-detection product (no Prefect here)."""

@@ -1,0 +1,1 @@
+"""Prefect flows: retrain and score-batch."""

@@ -1,0 +1,1 @@
+"""Prefect tasks that wire the pure functions of dfd into flows."""
