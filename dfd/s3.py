@@ -228,25 +228,49 @@ class S3Store(Store):
         return ObjectInfo(clean_key(key), int(head["ContentLength"]), head["LastModified"].timestamp())
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under the folder ``prefix``, recursively, in key (UTF-8 byte) order, page by page;
-        if ``prefix`` names an object rather than a folder, just that object (as the local store does)."""
+        """Every object under the folder ``prefix``, recursively, in key (UTF-8 byte) order; if ``prefix``
+        names an object rather than a folder, just that object (as the local store does).
+
+        Servers disagree on listing order (AWS: byte order; SeaweedFS: folder by folder, ``a/`` before
+        ``a-b``), so the tree is walked one folder level at a time (``Delimiter='/'``, paginated) and each
+        level is merged in byte order. Memory is bounded by the largest single folder level.
+        """
         folder = self._folder(prefix)
         self._check_bucket()
         found = False
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=folder, PaginationConfig={"PageSize": self.page_size})
-        try:
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    if obj["Key"].endswith("/"):  # a "folder" placeholder some tools create
-                        continue
-                    found = True
-                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"].timestamp())
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, "list", prefix) from None
+        for info in self._walk(folder, prefix):
+            found = True
+            yield info
         if not found and clean_key(prefix):
             with contextlib.suppress(NotFound):
                 yield self.stat(prefix)
+
+    def _level(self, folder: str, what: str) -> tuple[list[dict], list[str]]:
+        """The objects and the sub-folder names directly inside ``folder`` (an S3 prefix)."""
+        objects: list[dict] = []
+        dirs: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=folder, Delimiter="/", PaginationConfig={"PageSize": self.page_size}
+            ):
+                objects.extend(o for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+                dirs.extend(c["Prefix"][len(folder) :] for c in page.get("CommonPrefixes", []))
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, "list", what) from None
+        return objects, [d for d in dirs if d.strip("/")]
+
+    def _walk(self, folder: str, what: str) -> Iterator[ObjectInfo]:
+        objects, dirs = self._level(folder, what)
+        # A sub-folder "a/" sorts as the string "a/", exactly where its keys sort among the objects.
+        entries: list[tuple[str, dict | None]] = [(o["Key"][len(folder) :], o) for o in objects]
+        entries += [(d, None) for d in dirs]
+        entries.sort(key=lambda e: e[0])
+        for name, obj in entries:
+            if obj is None:
+                yield from self._walk(folder + name, what)
+            else:
+                yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"].timestamp())
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         folder = self._folder(prefix)

@@ -189,20 +189,32 @@ class LocalStore(Store):
             return
         if not base.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith(".tmp-"):
-                    continue
-                full = Path(dirpath) / name
-                try:
-                    st = full.stat()
-                except OSError:
-                    # Broken links, loops or unreadable entries are still listed, with size -1, so that
-                    # callers can report them instead of silently skipping them.
-                    yield ObjectInfo(full.relative_to(self.root).as_posix(), -1, 0.0)
-                    continue
-                yield ObjectInfo(full.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+        yield from self._walk_sorted(base)
+
+    def _walk_sorted(self, folder: Path) -> Iterator[ObjectInfo]:
+        """Files under ``folder`` in key order, like S3 (a folder sorts as ``name/``, so ``a/x`` comes
+        after ``a-b`` and before ``ab``). Links to folders are not followed."""
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            return
+        entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk_sorted(Path(entry.path))
+                continue
+            if entry.name.startswith(".tmp-") or (entry.is_symlink() and entry.is_dir()):
+                continue
+            rel = Path(entry.path).relative_to(self.root).as_posix()
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                # Broken links, loops or unreadable entries are still listed, with size -1, so that
+                # callers can report them instead of silently skipping them.
+                yield ObjectInfo(rel, -1, 0.0)
+                continue
+            yield ObjectInfo(rel, st.st_size, st.st_mtime)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         base = self._path(prefix)
