@@ -1,0 +1,84 @@
+"""Deployment settings read from the environment, with the documented defaults.
+
+``prefect.yaml`` calls :func:`deploy_settings` as a build step (``id: cfg``) so that a plain
+``prefect --no-prompt deploy --all`` works with no environment at all, while every value can still be
+overridden at deploy time:
+
+===========================  ==================  ====================================================
+environment variable         default             meaning
+===========================  ==================  ====================================================
+``RETRAIN_CRON``             ``0 2 * * *``       cron of ``retrain-nightly``
+``RETRAIN_TIMEZONE``         ``UTC``             IANA time zone the cron is read in
+``SCORE_INBOX_INTERVAL``     ``300``             seconds between ``score-inbox`` polls
+``DFD_WORK_POOL``            ``dfd-process``     work pool both deployments are sent to
+``DFD_WORK_POOL_TYPE``       ``process``         type of the pool the stack creates if it is missing
+``DFD_REPO_DIR``             the deploy's cwd    folder the worker changes into before a run (pull step)
+===========================  ==================  ====================================================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_RETRAIN_CRON = "0 2 * * *"
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_INBOX_INTERVAL_S = 300
+DEFAULT_WORK_POOL = "dfd-process"
+DEFAULT_WORK_POOL_TYPE = "process"
+
+DEPLOYMENT_NAMES = ("retrain/retrain-nightly", "score-batch/score-inbox")
+
+
+class ConfigError(ValueError):
+    """A deployment setting from the environment cannot be used."""
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def work_pool(env: Mapping[str, str] | None = None) -> str:
+    """The work pool name (``DFD_WORK_POOL``)."""
+    return _get(os.environ if env is None else env, "DFD_WORK_POOL", DEFAULT_WORK_POOL)
+
+
+def work_pool_type(env: Mapping[str, str] | None = None) -> str:
+    """The work pool type the stack creates (``DFD_WORK_POOL_TYPE``)."""
+    return _get(os.environ if env is None else env, "DFD_WORK_POOL_TYPE", DEFAULT_WORK_POOL_TYPE)
+
+
+def schedule_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Cron, time zone and polling interval, validated so a typo fails at deploy time, not at 02:00."""
+    env = os.environ if env is None else env
+    cron = _get(env, "RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
+    if len(cron.split()) not in (5, 6) or not re.fullmatch(r"[\w*/,\-? ]+", cron):
+        raise ConfigError(f"RETRAIN_CRON is not a cron expression: {cron!r}")
+    timezone = _get(env, "RETRAIN_TIMEZONE", DEFAULT_TIMEZONE)
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(timezone)
+    except Exception:  # noqa: BLE001 - any failure means the name is unusable
+        raise ConfigError(f"RETRAIN_TIMEZONE is not a known time zone: {timezone!r}") from None
+    raw_interval = _get(env, "SCORE_INBOX_INTERVAL", str(DEFAULT_INBOX_INTERVAL_S))
+    try:
+        interval = int(float(raw_interval))
+    except ValueError:
+        raise ConfigError(f"SCORE_INBOX_INTERVAL is not a number of seconds: {raw_interval!r}") from None
+    if interval < 10:
+        raise ConfigError("SCORE_INBOX_INTERVAL must be at least 10 seconds")
+    return {"retrain_cron": cron, "timezone": timezone, "inbox_interval": interval}
+
+
+def deploy_settings(**_: Any) -> dict[str, Any]:
+    """Prefect build step: the values ``prefect.yaml`` templates in as ``{{ cfg.<key> }}``."""
+    values = schedule_settings()
+    values["repo_dir"] = str(Path(_get(os.environ, "DFD_REPO_DIR", os.getcwd())).resolve())
+    return values

@@ -1,0 +1,149 @@
+"""Thin wrappers around the ``prefect`` command line: health check, work pool, deploy.
+
+They shell out on purpose: ``prefect --no-prompt deploy --all`` is exactly what an operator runs by hand,
+and the CLI fills in each pool type's default job template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from deployments.config import DEFAULT_INBOX_INTERVAL_S, REPO_ROOT, schedule_settings, work_pool, work_pool_type
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+class StackError(RuntimeError):
+    """A step of bringing up the stack failed (the message says which, with the command's output)."""
+
+
+def offline_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """``base`` (default: this process's environment) plus the settings that keep Prefect offline."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    env.setdefault("MPLBACKEND", "Agg")
+    env.update(extra)
+    return env
+
+
+def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """``True`` when ``<api_url>/health`` answers 200."""
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_healthy(api_url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> float:
+    """Poll ``/api/health`` until it answers; returns the seconds waited. Fails fast if ``proc`` exits."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if is_healthy(api_url):
+            return time.monotonic() - start
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"the Prefect server exited with code {proc.returncode} before it was healthy")
+        time.sleep(0.5)
+    raise StackError(f"{api_url} was not healthy after {timeout:.0f} s")
+
+
+def run_cli(args: list[str], env: Mapping[str, str], cwd: Path = REPO_ROOT, timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``prefect <args>``; on failure raise :class:`StackError` with the tail of its output."""
+    proc = subprocess.run(PREFECT + args, env=dict(env), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise StackError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{tail}")
+    return proc
+
+
+def ensure_work_pool(env: Mapping[str, str], name: str | None = None, pool_type: str | None = None) -> bool:
+    """Create the work pool unless it exists; ``True`` when it was created now."""
+    name = name or work_pool(env)
+    pool_type = pool_type or work_pool_type(env)
+    inspect = run_cli(["work-pool", "inspect", name], env, check=False)
+    if inspect.returncode == 0:
+        return False
+    run_cli(["work-pool", "create", name, "--type", pool_type], env)
+    return True
+
+
+def with_inbox_interval(source: Path, interval_s: int, target: Path) -> Path:
+    """Write a copy of ``source`` (a prefect.yaml) whose interval schedules use ``interval_s`` seconds.
+
+    Needed because Prefect validates ``interval`` before it applies templates, so it cannot be
+    ``{{ ... }}`` in the file itself.
+    """
+    import yaml
+
+    config = yaml.safe_load(source.read_text())
+    for deployment in config.get("deployments") or []:
+        for schedule in deployment.get("schedules") or []:
+            if "interval" in schedule:
+                schedule["interval"] = interval_s
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def deploy_all(env: Mapping[str, str], pool: str | None = None, cwd: Path = REPO_ROOT,
+               prefect_file: Path | None = None) -> str:
+    """``prefect --no-prompt deploy --all`` from the repo root, on ``pool`` (default ``DFD_WORK_POOL``).
+
+    ``SCORE_INBOX_INTERVAL`` (seconds), when it differs from the file's default, is applied through a
+    patched copy of ``prefect.yaml``; cron and time zone are read by the file's own build step.
+    """
+    import tempfile
+
+    settings = schedule_settings(env)  # fail here, with a clear message, on a bad value
+    args = ["--no-prompt", "deploy", "--all", "--pool", pool or work_pool(env)]
+    prefect_file = prefect_file or cwd / "prefect.yaml"
+    with tempfile.TemporaryDirectory(prefix="dfd-deploy-") as tmp:
+        if settings["inbox_interval"] != DEFAULT_INBOX_INTERVAL_S:
+            prefect_file = with_inbox_interval(prefect_file, settings["inbox_interval"],
+                                               Path(tmp) / "prefect.yaml")
+        args += ["--prefect-file", str(prefect_file)]
+        return run_cli(args, env, cwd=cwd).stdout
+
+
+def api_json(api_url: str, path: str, body: dict | None = None, timeout: float = 10.0):
+    """POST ``body`` (or GET when ``None``) to the Prefect REST API and decode the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(api_url.rstrip("/") + path, data=data,
+                                     headers={"Content-Type": "application/json"},
+                                     method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deployments.deploy pool|deploy``: create the pool, or deploy, on $PREFECT_API_URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deployments.deploy")
+    parser.add_argument("command", choices=["pool", "deploy"])
+    args = parser.parse_args(argv)
+    env = offline_env()
+    if args.command == "pool":
+        created = ensure_work_pool(env)
+        print(f"work pool {work_pool(env)!r} ({work_pool_type(env)}): {'created' if created else 'exists'}")
+    else:
+        ensure_work_pool(env)
+        print(deploy_all(env))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
