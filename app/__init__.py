@@ -1,0 +1,85 @@
+"""The Flask viewer: the champion model, run history, scored batches and one-image classification.
+
+It only reads the artifact store (through :mod:`dfd.storage` and :mod:`dfd.registry`) and scores with
+:class:`dfd.predict.Predictor`; it never trains and never imports Prefect. Create it with
+:func:`create_app`; serve it in production with ``python -m app`` (waitress, see :mod:`app.serve`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flask import Flask
+
+from app.catalog import Catalog
+from app.config import load_config
+from app.scoring import ModelHolder, ThumbnailCache
+from dfd.storage import open_store
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: configuration is defaults, then environment variables, then ``test_config``."""
+    app = Flask(__name__)
+    app.jinja_options = {**app.jinja_options, "autoescape": True}
+    app.url_map.merge_slashes = False  # '//etc/passwd' is a 404, not a redirect to something else
+    config = load_config(override=test_config)
+    app.config.update(config)
+    # Never debug outside tests, whatever FLASK_DEBUG says: the debugger would run code for any visitor.
+    app.config["DEBUG"] = bool((test_config or {}).get("DEBUG", False))
+    app.debug = app.config["DEBUG"]
+
+    store = open_store(app.config["ARTIFACTS_URL"], app.config["S3_ENDPOINT_URL"] or None)
+    refresh = float(app.config["REFRESH_SECONDS"])
+    app.extensions["dfd_catalog"] = Catalog(store, refresh, int(app.config["TABLE_CACHE_ENTRIES"]))
+    app.extensions["dfd_model"] = ModelHolder(store, app.config["CACHE_DIR"], refresh)
+    app.extensions["dfd_thumbs"] = ThumbnailCache(
+        int(app.config["THUMB_CACHE_ENTRIES"]), int(app.config["THUMB_SIZE"]), int(app.config["THUMB_QUALITY"])
+    )
+    app.extensions["dfd_source_stores"] = {}
+
+    app.jinja_env.filters["num"] = _num
+    app.jinja_env.filters["pct"] = _pct
+    app.jinja_env.filters["short"] = lambda s, n=12: (str(s)[:n] + "…") if s and len(str(s)) > n else (s or "")
+
+    from app.views import bp
+
+    app.register_blueprint(bp)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
+            "base-uri 'none'; frame-ancestors 'none'",
+        )
+        return response
+
+    return app
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    """A number with ``digits`` decimals, or '–' when missing."""
+    if value is None or value == "":
+        return "–"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(f):
+        return "–"
+    if f.is_integer() and abs(f) >= 1 and digits >= 0 and isinstance(value, int):
+        return f"{int(f):,}"
+    return f"{f:.{digits}f}"
+
+
+def _pct(value: Any, digits: int = 1) -> str:
+    if value is None or value == "":
+        return "–"
+    try:
+        return f"{float(value) * 100:.{digits}f}%"
+    except (TypeError, ValueError):
+        return str(value)

@@ -1,0 +1,447 @@
+"""The Flask viewer through its test client: every page and API route, live data, and the error cases."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import png_bytes
+from PIL import Image
+from viewer_fixtures import CHAMPION, PLOTS, REJECTED, build_store, publish_fake_run, sample_image, write_batch
+
+from app import create_app
+from app.scoring import FAKE_SENTENCE, REAL_SENTENCE
+
+BATCH = "batch-0001"
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """One store with a real tiny champion, a rejected run and a 40-row scored batch (built once)."""
+    root = tmp_path_factory.mktemp("viewer")
+    build_store(root / "artifacts", batch_rows=40, batch_id=BATCH)
+    return root
+
+
+@pytest.fixture
+def world(store_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the store (tests may change it), with the batch source next to it."""
+    shutil.copytree(store_template, tmp_path / "w", symlinks=True)
+    root = tmp_path / "w"
+    summary_path = root / "artifacts" / "scores" / BATCH / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["source"] = str(root / "inbox" / BATCH)
+    summary_path.write_text(json.dumps(summary))
+    return root
+
+
+def make_app(world: Path, **config):
+    return create_app({"ARTIFACTS_URL": str(world / "artifacts"), "REFRESH_SECONDS": 0, "TESTING": True,
+                       "CACHE_DIR": str(world / "cache"), **config})
+
+
+@pytest.fixture
+def client(world: Path):
+    return make_app(world).test_client()
+
+
+def upload(client, data: bytes, name: str = "x.png", url: str = "/api/predict", **form):
+    return client.post(url, data={"image": (io.BytesIO(data), name), **form}, content_type="multipart/form-data")
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    raw = png_bytes(np.zeros((1, 1, 3), np.uint8))
+    ihdr = struct.pack(">II", width, height) + raw[24:29]
+    chunk = b"IHDR" + ihdr
+    return raw[:12] + chunk + struct.pack(">I", zlib.crc32(chunk)) + raw[33:]
+
+
+# --- overview, runs -------------------------------------------------------------------------------------
+def test_overview_shows_champion_metrics_plots_runs_and_batches(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert CHAMPION in html and REJECTED in html and BATCH in html
+    metrics = json.loads((Path(client.application.config["ARTIFACTS_URL"]) / "runs" / CHAMPION / "metrics.json")
+                         .read_text())
+    test = metrics["test"]
+    for label, value in [("ROC AUC", test["roc_auc"]), ("Average precision", test["average_precision"]),
+                         ("Equal error rate", test["eer"]), ("Accuracy", test["at_threshold"]["accuracy"]),
+                         ("Accuracy on real images", test["at_threshold"]["per_class_accuracy"]["real"]),
+                         ("Accuracy on deepfakes", test["at_threshold"]["per_class_accuracy"]["deepfake"])]:
+        assert label in html
+        assert f"{value:.4f}" in html
+    assert "In production since" in html and "Trained at" in html and "2026-01-01T00:05:00+00:00" in html
+    assert "<td>70</td>" in html  # train counts
+    srcs = [f"/artifacts/runs/{CHAMPION}/{p}.png" for p in PLOTS]
+    for src in srcs:
+        assert f'src="{src}"' in html
+        img = client.get(src)
+        assert img.status_code == 200 and img.mimetype == "image/png"
+        assert Image.open(io.BytesIO(img.data)).size[0] > 0
+
+
+def test_overview_without_champion_explains_what_to_do(tmp_path):
+    app = create_app({"ARTIFACTS_URL": str(tmp_path / "empty"), "REFRESH_SECONDS": 0})
+    c = app.test_client()
+    html = c.get("/").get_data(as_text=True)
+    assert "no champion model yet" in html
+    assert c.get("/api/champion").status_code == 404
+    r = upload(c, png_bytes(sample_image(0)))
+    assert r.status_code == 503 and "no champion" in r.json["error"]
+
+
+def test_runs_list_and_run_page(client):
+    html = client.get("/runs").get_data(as_text=True)
+    assert html.index(REJECTED) < html.index(CHAMPION)  # newest first
+    assert "rejected" in html and "below the champion" in html and "promoted" in html
+    assert "00f00df00d" in html  # fingerprint (shortened)
+    page = client.get(f"/runs/{REJECTED}").get_data(as_text=True)
+    assert f"dfd-registry rollback --to {REJECTED}" in page
+    assert "learning_rate" in page  # configuration
+    for p in PLOTS:
+        assert f"/artifacts/runs/{REJECTED}/{p}.png" in page
+
+
+@pytest.mark.parametrize("version", ["nope", "20990101-000000-zzzzzz", "..", ".hidden", "a%2F..%2Fb"])
+def test_unknown_run_is_404(client, version):
+    assert client.get(f"/runs/{version}").status_code == 404
+    r = client.get(f"/api/runs/{version}")
+    assert r.status_code == 404 and r.is_json and "error" in r.json
+
+
+def test_incomplete_run_is_not_listed(client, world):
+    (world / "artifacts" / "runs" / "20270101-000000-halfwa").mkdir()
+    (world / "artifacts" / "runs" / "20270101-000000-halfwa" / "run.json").write_text("{}")
+    assert "halfwa" not in client.get("/runs").get_data(as_text=True)
+    assert client.get("/runs/20270101-000000-halfwa").status_code == 404
+
+
+def test_api_champion_and_runs(client):
+    champ = client.get("/api/champion").json
+    assert champ["version"] == CHAMPION and champ["threshold"] == 0.5
+    assert champ["metrics"]["test"]["roc_auc"] > 0 and champ["data_counts"]["train"]["real"] == 70
+    assert set(champ["plots"]) == set(PLOTS)
+    runs = client.get("/api/runs").json["runs"]
+    assert [r["version"] for r in runs] == [REJECTED, CHAMPION]
+    assert runs[0]["decision"] == "rejected" and runs[1]["is_champion"] is True
+    run = client.get(f"/api/runs/{REJECTED}").json
+    assert run["rollback_command"] == f"dfd-registry rollback --to {REJECTED}"
+    assert run["config"]["arch"] == "patchnet" and "test" in run["metrics"]
+    assert client.get(run["plots"]["roc"]).status_code == 200
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json["status"] == "ok" and r.json["champion"] == CHAMPION
+
+
+# --- batches --------------------------------------------------------------------------------------------
+def batch_rows(world: Path) -> list[dict]:
+    path = world / "artifacts" / "scores" / BATCH / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_batches_list_and_api(client):
+    html = client.get("/batches").get_data(as_text=True)
+    assert BATCH in html and CHAMPION in html
+    batches = client.get("/api/batches").json["batches"]
+    assert batches[0]["batch_id"] == BATCH and batches[0]["total"] == 40
+
+
+def test_batch_page_filters_sorts_and_pages(client, world):
+    rows = batch_rows(world)
+    fakes = [r for r in rows if r["label"] == "deepfake"]
+    html = client.get(f"/batches/{BATCH}?label=deepfake&sort=score_desc&per_page=5").get_data(as_text=True)
+    assert f"{len(fakes)} rows labelled deepfake" in html
+    table = html[html.index('id="rows"'):]
+    shown = [line.split(">")[1].split("<")[0] for line in table.splitlines() if 'class="score"' in line]
+    expected = sorted((r["score"] for r in fakes), reverse=True)[:5]
+    assert [float(s) for s in shown] == pytest.approx(expected, abs=1e-4)
+    assert 'class="tag real"' not in table
+    page2 = client.get(f"/batches/{BATCH}?label=deepfake&sort=score_desc&per_page=5&page=2").get_data(as_text=True)
+    assert "page 2 of" in page2 and 'rel="prev"' in page2
+
+
+def test_batch_api_label_offset_limit_and_sort(client, world):
+    rows = batch_rows(world)
+    errors = [r for r in rows if r["error"]]
+    r = client.get(f"/api/batches/{BATCH}?label=error&offset=1&limit=2").json
+    assert r["total"] == len(errors) and [x["path"] for x in r["rows"]] == [e["path"] for e in errors[1:3]]
+    asc = client.get(f"/api/batches/{BATCH}?sort=score_asc&limit=500").json["rows"]
+    scores = [x["score"] for x in asc if x["score"] is not None]
+    assert scores == sorted(scores) and len(asc) == 40 and asc[-1]["score"] is None  # errors last
+    assert client.get(f"/api/batches/{BATCH}?limit=100000").json["limit"] == 500  # bounded
+
+
+def test_batch_csv_download_is_filtered(client, world):
+    rows = batch_rows(world)
+    r = client.get(f"/batches/{BATCH}/results.csv?label=real")
+    assert r.status_code == 200 and r.mimetype == "text/csv" and "attachment" in r.headers["Content-Disposition"]
+    got = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert [g["path"] for g in got] == [x["path"] for x in rows if x["label"] == "real"]
+    assert set(got[0]) >= {"path", "score", "label", "error", "sha256", "model_version"}
+    everything = list(csv.DictReader(io.StringIO(client.get(f"/batches/{BATCH}/results.csv").get_data(as_text=True))))
+    assert len(everything) == 40
+
+
+def test_batch_read_from_csv_when_there_is_no_jsonl(client, world):
+    (world / "artifacts" / "scores" / BATCH / "results.jsonl").unlink()
+    r = client.get(f"/api/batches/{BATCH}?label=deepfake&limit=500").json
+    assert r["total"] == sum(x["label"] == "deepfake" for x in batch_rows_csv(world))
+    assert all(isinstance(x["path"], str) for x in r["rows"])
+
+
+def batch_rows_csv(world: Path) -> list[dict]:
+    with (world / "artifacts" / "scores" / BATCH / "results.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_unknown_batch_is_404(client):
+    for url in ["/batches/nope", "/api/batches/nope", "/batches/..", "/batches/nope/results.csv",
+                f"/batches/{BATCH}/thumb/999.jpg"]:
+        assert client.get(url).status_code == 404, url
+
+
+def test_thumbnails_are_small_generated_jpegs(client, world):
+    rows = batch_rows(world)
+    r = client.get(f"/batches/{BATCH}/thumb/1.jpg")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    original = (world / "inbox" / BATCH / rows[1]["path"]).read_bytes()
+    assert r.data != original
+    img = Image.open(io.BytesIO(r.data))
+    assert img.format == "JPEG" and max(img.size) <= 96
+    again = client.get(f"/batches/{BATCH}/thumb/1.jpg", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status_code == 304
+    assert client.get(f"/batches/{BATCH}/thumb/3.jpg").status_code == 404  # the row whose file is not an image
+
+
+def test_thumbnail_refuses_paths_leaving_the_source(client, world):
+    secret = world / "inbox" / "secret.png"
+    secret.write_bytes(png_bytes(sample_image(5)))
+    path = world / "artifacts" / "scores" / BATCH / "results.jsonl"
+    rows = batch_rows(world)
+    rows[0]["path"] = "../secret.png"
+    rows[1]["path"] = "/etc/passwd"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert client.get(f"/batches/{BATCH}/thumb/0.jpg").status_code == 404
+    assert client.get(f"/batches/{BATCH}/thumb/1.jpg").status_code == 404
+
+
+# --- live data ------------------------------------------------------------------------------------------
+def test_new_runs_batches_and_rows_appear_without_restart(client, world):
+    assert "20270101-000000-newrun" not in client.get("/runs").get_data(as_text=True)
+    publish_fake_run(world / "artifacts", "20270101-000000-newrun", "unchanged", "same data as the champion", 3)
+    assert "20270101-000000-newrun" in client.get("/runs").get_data(as_text=True)
+    assert client.get("/runs/20270101-000000-newrun").status_code == 200
+    write_batch(world / "artifacts", "batch-0002", world / "inbox" / "batch-0002", 5)
+    assert "batch-0002" in client.get("/").get_data(as_text=True)
+    assert client.get("/api/batches/batch-0001").json["total"] == 40
+    write_batch(world / "artifacts", BATCH, world / "inbox" / BATCH, 45, n_images=0, seed=1)
+    assert client.get("/api/batches/batch-0001").json["total"] == 45  # results re-read after they changed
+
+
+def test_champion_reloaded_when_the_pointer_changes(client, world):
+    from helpers import publish_tiny_model
+
+    data = png_bytes(sample_image(2, 48))
+    first = upload(client, data).json
+    assert first["model_version"] == CHAMPION
+    publish_tiny_model(world / "artifacts", version="20270202-000000-second", seed=3, epochs=1)
+    second = upload(client, data).json
+    assert second["model_version"] == "20270202-000000-second"
+    assert client.get("/api/champion").json["version"] == "20270202-000000-second"
+
+
+# --- classify -------------------------------------------------------------------------------------------
+def test_classify_page_verdict_score_threshold_version_and_heatmap(client, world):
+    from dfd.predict import Predictor
+
+    assert 'name="image"' in client.get("/classify").get_data(as_text=True)
+    before = sorted(p for p in world.rglob("*"))
+    data = png_bytes(sample_image(1, 80))
+    r = upload(client, data, "photo.png", url="/classify")
+    assert r.status_code == 200
+    html = r.get_data(as_text=True)
+    expected = Predictor.from_folder(world / "artifacts" / "runs" / CHAMPION).score_bytes(data)
+    sentence = FAKE_SENTENCE if expected >= 0.5 else REAL_SENTENCE
+    assert f'<h2 id="verdict">{sentence}</h2>' in html
+    assert f"{expected:.4f}" in html and "0.5000" in html and CHAMPION in html
+    src = html.split('id="heatmap" src="')[1].split('"')[0]
+    assert src.startswith("data:image/jpeg;base64,")
+    heat = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    assert heat.size == (80, 80)
+    assert sorted(p for p in world.rglob("*") if "cache" not in p.parts) == [
+        p for p in before if "cache" not in p.parts
+    ]  # nothing stored
+
+
+def test_api_predict_matches_the_predictor(client, world):
+    from dfd.predict import Predictor
+
+    data = png_bytes(sample_image(4, 50))
+    r = upload(client, data)
+    assert r.status_code == 200
+    body = r.json
+    expected = Predictor.from_folder(world / "artifacts" / "runs" / CHAMPION).score_bytes(data)
+    assert body["score"] == pytest.approx(expected, abs=1e-6)
+    assert body["verdict"] == (FAKE_SENTENCE if expected >= 0.5 else REAL_SENTENCE)
+    assert body["label"] in ("real", "deepfake") and body["threshold"] == 0.5 and "heatmap" not in body
+    explained = upload(client, data, url="/api/predict?explain=1").json
+    assert explained["heatmap"].startswith("data:image/jpeg;base64,")
+
+
+def test_heatmap_for_large_and_small_images(client):
+    big = np.asarray(Image.fromarray(sample_image(6, 64)).resize((700, 500)))
+    r = upload(client, png_bytes(big), url="/api/predict?explain=1").json
+    assert "shrunk" in r["heatmap_note"]
+    tiny = upload(client, png_bytes(sample_image(7, 12)), url="/api/predict?explain=1").json
+    assert tiny["heatmap"].startswith("data:image/jpeg")
+
+
+def test_keep_uploads_when_configured(world):
+    keep = world / "kept"
+    c = make_app(world, KEEP_UPLOADS_URL=str(keep)).test_client()
+    assert upload(c, png_bytes(sample_image(1))).status_code == 200
+    assert len(list(keep.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "reason"),
+    [
+        (b"hello, I am text", "fake.png", "not an image"),
+        (b"", "empty.png", "empty"),
+        (png_bytes(sample_image(0))[:60], "cut.png", "image"),
+        (bomb_png(), "bomb.png", "too large"),
+    ],
+)
+def test_bad_uploads_are_400_with_a_message(client, data, name, reason):
+    for url in ("/api/predict", "/classify"):
+        r = upload(client, data, name, url=url)
+        assert r.status_code == 400, (url, r.data[:200])
+        text = r.json["error"] if r.is_json else r.get_data(as_text=True)
+        assert reason in text
+
+
+def test_missing_file_is_400(client):
+    assert client.post("/api/predict", data={}, content_type="multipart/form-data").status_code == 400
+
+
+def test_oversize_upload_is_413(world):
+    c = make_app(world, MAX_CONTENT_LENGTH=2000).test_client()
+    big = png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert len(big) > 2000
+    r = upload(c, big)
+    assert r.status_code == 413 and "larger than the limit" in r.json["error"]
+    assert upload(c, big, url="/classify").status_code == 413
+
+
+def test_token_protects_upload_and_predict(world):
+    c = make_app(world, VIEWER_TOKEN="s3cret").test_client()
+    data = png_bytes(sample_image(0))
+    assert upload(c, data).status_code == 401
+    assert upload(c, data, token="wrong").status_code == 401
+    assert upload(c, data, url="/classify").status_code == 401
+    assert upload(c, data, token="s3cret").status_code == 200
+    r = c.post("/api/predict", data={"image": (io.BytesIO(data), "a.png")},
+               headers={"Authorization": "Bearer s3cret"}, content_type="multipart/form-data")
+    assert r.status_code == 200
+    assert 'name="token"' in c.get("/classify").get_data(as_text=True)
+    assert c.get("/").status_code == 200  # reading needs no token
+
+
+# --- files and safety -----------------------------------------------------------------------------------
+def test_traversal_and_non_servable_files_are_404(client, world):
+    outside = world / "outside.png"
+    outside.write_bytes(png_bytes(sample_image(0)))
+    run_dir = world / "artifacts" / "runs" / CHAMPION
+    (run_dir / "evil.png").symlink_to(outside)
+    (world / "artifacts" / "runs" / "linked").symlink_to(world)
+    assert client.get(f"/artifacts/runs/{CHAMPION}/roc.png").status_code == 200
+    for url in [
+        "/artifacts/../outside.png",
+        "/artifacts/runs/../../outside.png",
+        "/artifacts/runs/%2e%2e/%2e%2e/outside.png",
+        "/artifacts/runs/%2E%2E%2F%2E%2E%2Foutside.png",
+        f"/artifacts/runs/{CHAMPION}/..%2f..%2f..%2foutside.png",
+        f"/artifacts/runs/{CHAMPION}/%252e%252e/%252e%252e/outside.png",
+        f"/artifacts/runs/{CHAMPION}/..\\..\\..\\outside.png",
+        "/artifacts//etc/passwd",
+        "/artifacts/%2Fetc%2Fpasswd",
+        f"/artifacts/runs/{CHAMPION}/evil.png",
+        "/artifacts/runs/linked/outside.png",
+        f"/artifacts/runs/{CHAMPION}/model.keras",
+        f"/artifacts/runs/{CHAMPION}/.hidden.png",
+        "/artifacts/champion.json",
+        "/artifacts/runs/../champion.json",
+        f"/artifacts/runs/{CHAMPION}/roc.png%00.txt",
+    ]:
+        r = client.get(url)
+        assert r.status_code == 404, url
+        assert b"PNG" not in r.data[:8]
+
+
+def test_templates_escape_what_the_store_says(client, world):
+    path = world / "artifacts" / "scores" / BATCH / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["source"] = "<script>alert(1)</script>"
+    summary["model_version"] = '"><img src=x onerror=alert(1)>'
+    path.write_text(json.dumps(summary))
+    html = client.get(f"/batches/{BATCH}").get_data(as_text=True)
+    assert "<script>alert" not in html and "&lt;script&gt;" in html and "<img src=x" not in html
+    assert "script-src" not in client.get("/").headers["Content-Security-Policy"]  # no scripts allowed at all
+
+
+def test_configuration_order_and_no_debug(world, monkeypatch):
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    monkeypatch.setenv("ARTIFACTS_URL", str(world / "artifacts"))
+    monkeypatch.setenv("VIEWER_MAX_CONTENT_LENGTH", "12345")
+    monkeypatch.setenv("VIEWER_PAGE_SIZE", "7")
+    app = create_app({"PAGE_SIZE": 9})
+    assert app.debug is False and app.config["DEBUG"] is False
+    assert app.config["MAX_CONTENT_LENGTH"] == 12345  # environment over default
+    assert app.config["PAGE_SIZE"] == 9  # test override over environment
+    assert app.config["ARTIFACTS_URL"] == str(world / "artifacts")
+    assert app.config["VIEWER_TOKEN"] == "" and app.config["KEEP_UPLOADS_URL"] == ""
+    monkeypatch.setenv("VIEWER_PAGE_SIZE", "many")
+    with pytest.raises(ValueError, match="VIEWER_PAGE_SIZE"):
+        create_app()
+
+
+def test_app_imports_neither_prefect_nor_training_code(world):
+    """Import the app, render every page and classify in a fresh interpreter, then inspect sys.modules."""
+    code = f"""
+import io, sys, json
+from app import create_app
+sys.path.insert(0, "tests")
+from helpers import png_bytes
+from viewer_fixtures import sample_image
+c = create_app({{"REFRESH_SECONDS": 0}}).test_client()
+for url in ["/", "/runs", "/runs/{CHAMPION}", "/batches", "/batches/{BATCH}", "/api/champion", "/classify"]:
+    assert c.get(url).status_code == 200, url
+r = c.post("/api/predict?explain=1", data={{"image": (io.BytesIO(png_bytes(sample_image(0))), "a.png")}},
+           content_type="multipart/form-data")
+assert r.status_code == 200, r.data
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "tasks", "flows")
+             or m in ("dfd.train", "dfd.data", "dfd.augment", "dfd.evaluate", "dfd.plots"))
+print(json.dumps({{"bad": bad, "keras": "keras" in sys.modules}}))
+"""
+    env = {**os.environ, "ARTIFACTS_URL": str(world / "artifacts"), "DFD_WORK_DIR": str(world / "work")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["keras"] is True  # it did load the model, so the check is meaningful
+    assert result["bad"] == []
