@@ -66,7 +66,7 @@ def upsampling_fake(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # blend part of the patch back through a soft mask, as a face-swap blends a region
     yy, xx = np.mgrid[0:h, 0:w]
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
-    radius = rng.uniform(0.35, 0.6) * max(h, w)
+    radius = rng.uniform(0.5, 0.8) * max(h, w)
     mask = np.clip(1.5 - np.hypot(yy - cy, xx - cx) / radius, 0, 1)[..., None]
     out = mask * up + (1 - mask) * patch.astype(np.float64)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
@@ -80,13 +80,20 @@ def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _random_patch(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    scale = rng.choice([1.0, 0.75, 0.5])
-    h, w = photo.shape[:2]
-    if scale != 1.0:
-        photo = np.asarray(Image.fromarray(photo).resize((int(w * scale), int(h * scale)), Image.Resampling.LANCZOS))
+    """A random textured patch (flat sky or shadow is skipped: the fake process would change nothing)."""
+    patch = np.zeros((size, size, 3))
+    for _ in range(20):
+        scale = rng.choice([1.0, 0.75, 0.5])
         h, w = photo.shape[:2]
-    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    patch = photo[y : y + size, x : x + size].astype(np.float64)
+        scaled = photo
+        if scale != 1.0:
+            new_size = (int(w * scale), int(h * scale))
+            scaled = np.asarray(Image.fromarray(photo).resize(new_size, Image.Resampling.LANCZOS))
+        h, w = scaled.shape[:2]
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        patch = scaled[y : y + size, x : x + size].astype(np.float64)
+        if patch.std() >= 12:
+            break
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
     patch = patch * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
@@ -115,7 +122,7 @@ def generate_demo(root: str | Path, per_class: int = 300, size: int = 64, seed: 
                 patch = upsampling_fake(patch, rng)
             (folder / f"demo_{label}_{i:04d}.jpg").write_bytes(encode_jpeg(patch))
             counts[label] += 1
-    (root / "README.txt").write_text(DEMO_NOTE + "\nMade by dfd.demo.generate_demo; delete this folder to regenerate.\n")
+    (root / "README.txt").write_text(DEMO_NOTE + "\nMade by dfd.demo.generate_demo; delete to regenerate.\n")
     return counts
 
 

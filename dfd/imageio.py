@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from struct import error as struct_error  # raised by some truncated TIFF/BMP files
 from dataclasses import dataclass
+from struct import error as struct_error  # raised by some truncated TIFF/BMP files
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -79,14 +79,14 @@ def _patchnet_body(inputs: Any, width: int, dropout: float) -> Any:
     """
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
     x = layers.Conv2D(width, 3, strides=1, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU()(x)
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU()(x)
     for mult in (2, 4, 8):
         x = layers.SeparableConv2D(width * mult, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dfd.storage import Conflict, NotFound, Store, StorageError, join, open_store
+from dfd.storage import Conflict, NotFound, StorageError, Store, join, open_store
 
 RUNS = "runs"
 CHAMPION = "champion.json"

@@ -1,0 +1,336 @@
+"""Data stage: discover labelled images, decode each safely, quarantine what cannot be used, group
+duplicates, and make a stratified, duplicate-aware split with a fixed seed.
+
+The data root holds ``real/`` and ``df/`` (deepfake) folders, searched recursively. The user's files are
+only ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.fft import dctn
+
+from dfd.imageio import ImageError, decode_image, has_image_extension
+from dfd.storage import ObjectInfo, StorageError, Store
+
+LABELS = {"real": 0, "df": 1}  # folder name -> model target (1 = deepfake)
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """The data set cannot be used; the message says what was found and what is needed."""
+
+
+@dataclass
+class Item:
+    """One usable image."""
+
+    key: str
+    label: str
+    sha256: str
+    phash: int
+    width: int
+    height: int
+    bytes: int
+    group: int = -1
+    split: str = ""
+
+    @property
+    def y(self) -> int:
+        return LABELS[self.label]
+
+
+@dataclass
+class Quarantined:
+    key: str
+    label: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class ValidationResult:
+    items: list[Item]
+    quarantine: list[Quarantined]
+    found: dict[str, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Usable images per split and class (class named 'real' / 'deepfake')."""
+        out: dict[str, dict[str, int]] = {s: {"real": 0, "deepfake": 0} for s in SPLITS}
+        for it in self.items:
+            if it.split:
+                out[it.split]["real" if it.y == 0 else "deepfake"] += 1
+        return out
+
+
+def discover(store: Store) -> tuple[list[tuple[ObjectInfo, str]], list[Quarantined]]:
+    """Files under ``real/`` and ``df/``: (object, label) for image extensions, quarantine for the rest."""
+    dirs = set(store.list_dirs(""))
+    if not dirs and not any(True for _ in store.list("")):
+        raise DataError(f"data folder not found or empty: {store.url} (expected real/ and df/ inside it)")
+    missing = [name for name in LABELS if name not in dirs]
+    if missing:
+        raise DataError(
+            f"data folder {store.url} has no {' or '.join(m + '/' for m in missing)} folder "
+            f"(expected real/ and df/, where df holds the deepfakes)"
+        )
+    found: list[tuple[ObjectInfo, str]] = []
+    skipped: list[Quarantined] = []
+    for label in LABELS:
+        for obj in store.list(label):
+            name = obj.key.rsplit("/", 1)[-1]
+            if name.startswith(".") or name in ("_READY", "README.txt"):
+                continue
+            if has_image_extension(name):
+                found.append((obj, label))
+            else:
+                skipped.append(Quarantined(obj.key, label, "not an image", "unsupported file extension"))
+    return found, skipped
+
+
+def perceptual_hash(pixels: np.ndarray) -> int:
+    """64-bit DCT perceptual hash: robust to re-encoding and small resizes, for near-duplicate grouping."""
+    gray = Image.fromarray(pixels).convert("L").resize((32, 32), Image.Resampling.BILINEAR)
+    coeffs = dctn(np.asarray(gray, dtype=np.float64), norm="ortho")[:8, :8].reshape(-1)
+    bits = coeffs[1:] > np.median(coeffs[1:])
+    return int(sum(1 << i for i, b in enumerate(bits) if b))
+
+
+def inspect(store: Store, obj: ObjectInfo, label: str, max_pixels: int, max_bytes: int) -> Item | Quarantined:
+    """Read and decode one file; never raises for a bad file."""
+    if obj.size == 0:
+        return Quarantined(obj.key, label, "zero bytes")
+    if obj.size < 0:
+        return Quarantined(obj.key, label, "unreadable", "cannot stat the file (broken link or loop?)")
+    if obj.size > max_bytes:
+        return Quarantined(obj.key, label, "too large", f"{obj.size:,} bytes is over {max_bytes:,}")
+    try:
+        data = store.read_bytes(obj.key)
+        decoded = decode_image(data, max_pixels)
+    except ImageError as exc:
+        return Quarantined(obj.key, label, exc.reason, exc.detail)
+    except StorageError as exc:
+        return Quarantined(obj.key, label, "unreadable", str(exc))
+    return Item(
+        key=obj.key,
+        label=label,
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=perceptual_hash(decoded.pixels),
+        width=int(decoded.pixels.shape[1]),
+        height=int(decoded.pixels.shape[0]),
+        bytes=len(data),
+    )
+
+
+def validate(
+    store: Store,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    min_per_class: int,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = 4,
+) -> ValidationResult:
+    """Inspect every candidate file, drop exact duplicates, and check there is enough data per class."""
+    candidates, quarantine = discover(store)
+    found = Counter(label for _, label in candidates)
+    items: list[Item] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda c: inspect(store, c[0], c[1], max_pixels, max_bytes), candidates)
+        for i, res in enumerate(results, 1):
+            (items if isinstance(res, Item) else quarantine).append(res)
+            if progress and (i % 500 == 0 or i == len(candidates)):
+                progress(i, len(candidates))
+    items, dup_quarantine = drop_exact_duplicates(items)
+    quarantine.extend(dup_quarantine)
+    check_enough(items, quarantine, found, min_per_class, store.url)
+    return ValidationResult(items=items, quarantine=quarantine, found=dict(found))
+
+
+def drop_exact_duplicates(items: list[Item]) -> tuple[list[Item], list[Quarantined]]:
+    """Keep one file per content hash. Content present in both classes is a labelling conflict: all copies
+    are set aside, since no label can be trusted."""
+    by_hash: dict[str, list[Item]] = defaultdict(list)
+    for it in sorted(items, key=lambda i: i.key):
+        by_hash[it.sha256].append(it)
+    kept: list[Item] = []
+    dropped: list[Quarantined] = []
+    for copies in by_hash.values():
+        labels = {c.label for c in copies}
+        if len(labels) > 1:
+            others = ", ".join(c.key for c in copies)
+            dropped.extend(Quarantined(c.key, c.label, "conflicting labels", f"same content as {others}")
+                           for c in copies)
+            continue
+        kept.append(copies[0])
+        dropped.extend(Quarantined(c.key, c.label, "duplicate", f"same content as {copies[0].key}")
+                       for c in copies[1:])
+    kept.sort(key=lambda i: i.key)
+    return kept, dropped
+
+
+def check_enough(items: list[Item], quarantine: list[Quarantined], found: Counter, min_per_class: int,
+                 where: str) -> None:
+    usable = Counter(it.label for it in items)
+    for label in LABELS:
+        if usable[label] >= min_per_class:
+            continue
+        bad = [q for q in quarantine if q.label == label]
+        reasons = Counter(q.reason for q in bad)
+        why = "; ".join(f"{n} {r}" for r, n in reasons.most_common(4))
+        head = f"class '{label}' in {where}"
+        if found[label] == 0 and not bad:
+            raise DataError(f"{head} is empty: put images in {label}/ (jpg, png, bmp, webp, tiff or gif)")
+        raise DataError(
+            f"{head} has only {usable[label]} usable images; at least {min_per_class} per class are needed "
+            f"(found {found[label]} image files, {len(bad)} set aside{': ' + why if why else ''})"
+        )
+
+
+def group_near_duplicates(items: Iterable[Item], max_distance: int) -> list[int]:
+    """Union exact and near duplicates (perceptual-hash Hamming distance <= max_distance) into groups.
+
+    Candidate pairs come from splitting the 64-bit hash into ``max_distance + 1`` bands: by the pigeonhole
+    principle two hashes within the distance agree exactly on at least one band, so no pair is missed and
+    the cost stays near-linear.
+    """
+    items = list(items)
+    parent = list(range(len(items)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    by_sha: dict[str, int] = {}
+    for i, it in enumerate(items):
+        if it.sha256 in by_sha:
+            union(i, by_sha[it.sha256])
+        by_sha.setdefault(it.sha256, i)
+    hashes = [it.phash for it in items]
+    n_bands = max_distance + 1
+    edges = np.linspace(0, 64, n_bands + 1).astype(int)
+    for b in range(n_bands):
+        width = edges[b + 1] - edges[b]
+        mask = (1 << width) - 1
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, h in enumerate(hashes):
+            buckets[(h >> edges[b]) & mask].append(i)
+        for members in buckets.values():
+            if len(members) < 2 or len(members) > 2000:
+                continue  # a huge bucket means a flat band (e.g. blank images); the other bands decide
+            for x in range(len(members)):
+                for y in range(x + 1, len(members)):
+                    i, j = members[x], members[y]
+                    if bin(hashes[i] ^ hashes[j]).count("1") <= max_distance:
+                        union(i, j)
+    roots = [find(i) for i in range(len(items))]
+    renumber = {r: g for g, r in enumerate(dict.fromkeys(roots))}
+    return [renumber[r] for r in roots]
+
+
+def split_groups(items: list[Item], groups: list[int], val_fraction: float, test_fraction: float,
+                 seed: int) -> list[str]:
+    """Assign whole groups to train/val/test, stratified by class, deterministic for a seed.
+
+    Groups are placed largest first (random order among equals); each goes to the split whose per-class
+    quota it helps fill most. Every split gets at least one image of each class when possible.
+    """
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    totals = Counter(items[i].y for i in range(len(items)))
+    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    target = {s: {c: max(1.0, fractions[s] * totals[c]) for c in (0, 1)} for s in SPLITS}
+    current = {s: {0: 0, 1: 0} for s in SPLITS}
+    rng = np.random.default_rng(seed)
+    order = list(members)
+    rng.shuffle(order)
+    order.sort(key=lambda g: -len(members[g]))
+    out = [""] * len(items)
+    for g in order:
+        comp = Counter(items[i].y for i in members[g])
+
+        def need(s: str, comp: Counter = comp) -> float:
+            return sum(n * (target[s][c] - current[s][c]) / target[s][c] for c, n in comp.items())
+
+        best = max(SPLITS, key=need)
+        for i in members[g]:
+            out[i] = best
+            current[best][items[i].y] += 1
+    return out
+
+
+def assign_splits(result: ValidationResult, *, near_distance: int, val_fraction: float,
+                  test_fraction: float, seed: int) -> None:
+    """Group duplicates and split, in place, then check every split has both classes."""
+    groups = group_near_duplicates(result.items, near_distance)
+    splits = split_groups(result.items, groups, val_fraction, test_fraction, seed)
+    for it, g, s in zip(result.items, groups, splits, strict=True):
+        it.group, it.split = g, s
+    counts = result.counts()
+    for s in SPLITS:
+        for cls, n in counts[s].items():
+            if n == 0:
+                raise DataError(
+                    f"the {s} split has no '{cls}' images: near-duplicate groups are too large for this data "
+                    f"set ({len(set(groups))} groups for {len(groups)} images); add more distinct images"
+                )
+
+
+def fingerprint(items: Iterable[Item]) -> str:
+    """Content fingerprint of the usable data: a hash of every (label, sha256), independent of file names."""
+    h = hashlib.sha256()
+    for line in sorted(f"{it.label} {it.sha256}" for it in items):
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+MANIFEST_FIELDS = ["key", "label", "split", "group", "sha256", "phash", "width", "height", "bytes"]
+
+
+def write_manifest(items: Iterable[Item], path: str | Path) -> None:
+    """The split manifest as CSV (one row per usable image)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    writer.writeheader()
+    for it in items:
+        row = {k: v for k, v in asdict(it).items() if k in MANIFEST_FIELDS}
+        row["phash"] = f"{it.phash:016x}"
+        writer.writerow(row)
+    Path(path).write_text(buf.getvalue())
+
+
+def read_manifest(path: str | Path) -> list[Item]:
+    with open(path, newline="") as fh:
+        return [
+            Item(key=r["key"], label=r["label"], sha256=r["sha256"], phash=int(r["phash"], 16),
+                 width=int(r["width"]), height=int(r["height"]), bytes=int(r["bytes"]),
+                 group=int(r["group"]), split=r["split"])
+            for r in csv.DictReader(fh)
+        ]
+
+
+def quarantine_report(quarantine: list[Quarantined]) -> dict:
+    """JSON-able report: counts by reason, then every file with its reason."""
+    return {
+        "count": len(quarantine),
+        "by_reason": dict(Counter(q.reason for q in quarantine).most_common()),
+        "files": [asdict(q) for q in sorted(quarantine, key=lambda q: q.key)],
+    }

@@ -1,0 +1,162 @@
+"""Train stage: a streaming tf.data pipeline (parallel decode, prefetch), class weights, early stopping on
+validation AUC, and a checkpoint every epoch so that a killed training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfd.imageio import decode_image
+from dfd.model import build_model, keras
+from dfd.preprocess import InputSpec, center_view, train_view
+from dfd.storage import Store
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One training example: which store, which key, which class (1 = deepfake)."""
+
+    store: int
+    key: str
+    y: int
+
+
+def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec, batch_size: int,
+             training: bool, seed: int, max_pixels: int):
+    import tensorflow as tf
+
+    size = int(spec["size"])
+    store_idx = np.array([e.store for e in entries], dtype=np.int64)
+    keys = np.array([e.key for e in entries])
+    ys = np.array([e.y for e in entries], dtype=np.float32)
+
+    def load(i, sample_seed):
+        i = int(i)
+        pixels = decode_image(stores[store_idx[i]].read_bytes(str(keys[i])), max_pixels).pixels
+        if training:
+            view = train_view(pixels, spec, np.random.default_rng(int(sample_seed)))
+        else:
+            view = center_view(pixels, spec)
+        return view.astype(np.float32), ys[i]
+
+    def tf_load(i, sample_seed):
+        x, y = tf.numpy_function(load, [i, sample_seed], [tf.float32, tf.float32], stateful=False)
+        x.set_shape((size, size, 3))
+        y.set_shape(())
+        return x, y
+
+    ds = tf.data.Dataset.range(len(entries))
+    if training:
+        ds = ds.shuffle(len(entries), seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed)))
+    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(ys: Sequence[int]) -> dict[int, float]:
+    """Weights that give both classes equal total weight."""
+    counts = np.bincount(np.asarray(ys, dtype=int), minlength=2).astype(float)
+    return {c: float(len(ys) / (2 * counts[c])) if counts[c] else 1.0 for c in (0, 1)}
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self, log: Log, epochs: int, n_images: int):
+        super().__init__()
+        self.log, self.epochs, self.n_images = log, epochs, n_images
+        self.start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        dt = time.monotonic() - self.start
+        shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, float | int))
+        self.log(f"epoch {epoch + 1}/{self.epochs} {shown} ({dt:.1f}s, {self.n_images / max(dt, 1e-9):.0f} img/s)")
+
+
+def train(
+    train_entries: Sequence[Entry],
+    val_entries: Sequence[Entry],
+    stores: Sequence[Store],
+    *,
+    arch: str,
+    spec: InputSpec,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    width: int,
+    patience: int,
+    seed: int,
+    max_pixels: int,
+    work_dir: str | Path,
+    log: Log = print,
+) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
+    """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
+
+    ``work_dir`` holds the per-epoch backup; it is keyed by the caller (data + settings), so rerunning the
+    same training after a crash resumes from the last finished epoch. It is removed after success.
+    """
+    keras.utils.set_random_seed(seed)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(arch, int(spec["size"]), width=width, learning_rate=learning_rate, seed=seed)
+    train_ds = _dataset(train_entries, stores, spec, batch_size, True, seed, max_pixels)
+    val_ds = _dataset(val_entries, stores, spec, batch_size, False, seed, max_pixels)
+    history_csv = work_dir / "history.csv"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                      restore_best_weights=True),
+        _EpochLog(log, epochs, len(train_entries)),
+    ]
+    started = time.monotonic()
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
+              class_weight=class_weights([e.y for e in train_entries]), callbacks=callbacks)
+    seconds = time.monotonic() - started
+    history = _read_history(history_csv)
+    epochs_run = len(history.get("loss", []))
+    stats = {
+        "epochs_run": epochs_run,
+        "train_seconds": round(seconds, 2),
+        "train_images": len(train_entries),
+        "train_images_per_s": round(len(train_entries) * max(epochs_run, 1) / max(seconds, 1e-9), 1),
+        "class_weights": class_weights([e.y for e in train_entries]),
+    }
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return model, history, stats
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    """Per-epoch metrics from the CSV log; a resumed run's repeated epochs keep their last value."""
+    if not path.is_file():
+        return {}
+    by_epoch: dict[int, dict[str, str]] = {}
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            by_epoch[int(row["epoch"])] = row
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(by_epoch):
+        for k, v in by_epoch[epoch].items():
+            if k != "epoch" and v not in ("", None):
+                history.setdefault(k, []).append(float(v))
+    return history
+
+
+def training_key(fingerprint: str, config: dict[str, Any]) -> str:
+    """A key for the resumable work folder: same data and same settings resume the same training."""
+    blob = json.dumps({"fp": fingerprint, **config}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
