@@ -203,11 +203,14 @@ def gradcam_map(predictor: Any, pixels: np.ndarray, max_tiles: int = 64) -> tupl
     else:
         assert work is not None
         acc = np.zeros(work.shape[:2])
-        cnt = np.zeros(work.shape[:2])
+        cnt = np.full(work.shape[:2], 1e-9)
+        # Blend overlapping tiles with a centre-weighted window so that tile borders leave no seams.
+        ramp = np.hanning(size + 2)[1:-1]
+        window = 0.05 + np.outer(ramp, ramp)
         for cam, (y, x0) in zip(cams, corners, strict=True):
-            acc[y : y + size, x0 : x0 + size] += _resize_map(cam, size, size)
-            cnt[y : y + size, x0 : x0 + size] += 1
-        heat = _resize_map(acc / np.maximum(cnt, 1), w, h)
+            acc[y : y + size, x0 : x0 + size] += _resize_map(cam, size, size) * window
+            cnt[y : y + size, x0 : x0 + size] += window
+        heat = _resize_map(acc / cnt, w, h)
     top = float(heat.max())
     heat = heat / top if top > 0 else heat
     return heat, note
@@ -233,10 +236,15 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, display_size: int = 448) -> Im
     """The image with the heatmap blended over it, shrunk so its longest side is ``display_size``."""
     base = Image.fromarray(pixels)
     heat_img = Image.fromarray(_colormap(heat))
+    longest = max(base.size)
+    if longest < display_size // 2:  # small images are shown larger (pixels kept sharp)
+        factor = (display_size // 2) / longest
+        base = base.resize((max(1, round(base.width * factor)), max(1, round(base.height * factor))),
+                           Image.Resampling.NEAREST)
     base.thumbnail((display_size, display_size))
     heat_img = heat_img.resize(base.size, Image.Resampling.BILINEAR)
     alpha = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(base.size)
-    alpha = alpha.point(lambda a: int(60 + a * 0.55))  # always a little tint, strong where the evidence is
+    alpha = alpha.point(lambda a: int(30 + a * 0.6))  # always a little tint, strong where the evidence is
     return Image.composite(heat_img, base, alpha)
 
 

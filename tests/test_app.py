@@ -282,7 +282,7 @@ def test_classify_page_verdict_score_threshold_version_and_heatmap(client, world
     src = html.split('id="heatmap" src="')[1].split('"')[0]
     assert src.startswith("data:image/jpeg;base64,")
     heat = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
-    assert heat.size == (80, 80)
+    assert heat.size == (224, 224)  # small uploads are shown enlarged, never above EXPLAIN_DISPLAY_SIZE
     assert sorted(p for p in world.rglob("*") if "cache" not in p.parts) == [
         p for p in before if "cache" not in p.parts
     ]  # nothing stored

@@ -1,0 +1,132 @@
+"""The viewer in a real headless browser: Playwright drives Debian's Chromium against the production server
+(waitress, ``python -m app``) started on a free port with a tiny trained model and a scored batch.
+
+The same code path writes the README's screenshots to ``docs/screenshots/`` (or ``$DFD_SCREENSHOT_DIR``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from viewer_fixtures import CHAMPION, PLOTS, build_store, image_file, start_server, stop_server
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = Path(os.environ.get("DFD_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
+MAX_SCREENSHOT_BYTES = 300_000
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    info = build_store(root / "artifacts", batch_rows=36, batch_id="inbox-2026-01-03")
+    proc, base = start_server(info["artifacts"], env={"DFD_WORK_DIR": str(root / "work")})
+    try:
+        yield {**info, "base": base, "root": root}
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    p = context.new_page()
+    yield p
+    context.close()
+
+
+def save_screenshot(page, name: str, full_page: bool = True) -> Path:
+    """Write ``<name>.png`` (palette-reduced when needed to stay under 300 KB)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    data = page.screenshot(full_page=full_page)
+    if len(data) > MAX_SCREENSHOT_BYTES:
+        img = Image.open(io.BytesIO(data)).convert("RGB").quantize(colors=128)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        data = buf.getvalue()
+    path = SCREENSHOTS / f"{name}.png"
+    path.write_bytes(data)
+    assert len(data) < MAX_SCREENSHOT_BYTES
+    return path
+
+
+def test_overview_plots_all_load(server, page):
+    statuses: dict[str, int] = {}
+    page.on("response", lambda r: statuses.__setitem__(r.url, r.status))
+    page.goto(server["base"] + "/", wait_until="load")
+    assert page.locator("#champion-version").inner_text() == CHAMPION
+    plots = page.eval_on_selector_all(
+        "img[data-plot]", "els => els.map(e => ({name: e.dataset.plot, src: e.src, ok: e.complete, w: e.naturalWidth}))"
+    )
+    assert sorted(p["name"] for p in plots) == sorted(PLOTS)
+    for p in plots:
+        assert statuses.get(p["src"]) == 200, p
+        assert p["ok"] and p["w"] > 0, p
+    assert page.get_by_text("ROC AUC").count() >= 1
+    save_screenshot(page, "overview")
+
+
+def test_batch_filter_in_the_browser(server, page):
+    page.goto(server["base"] + "/batches", wait_until="load")
+    page.get_by_role("link", name=server["batch_id"]).click()
+    page.wait_for_load_state("load")
+    all_rows = page.locator("#rows tbody tr").count()
+    assert all_rows == 36 if all_rows <= 50 else all_rows == 50
+    page.select_option("#label", "deepfake")
+    page.select_option("#sort", "score_desc")
+    page.click("#apply")
+    page.wait_for_url("**label=deepfake**")
+    labels = page.locator("#rows tbody td.label").all_inner_texts()
+    assert labels and set(labels) == {"deepfake"}
+    scores = [float(s) for s in page.locator("#rows tbody td.score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.5
+    assert f"{len(labels)} rows labelled deepfake" in page.locator("#pager").inner_text()
+    thumbs = page.eval_on_selector_all("td.thumb img", "els => els.map(e => e.complete && e.naturalWidth)")
+    assert thumbs and all(w and w > 0 for w in thumbs)
+    save_screenshot(page, "batch")
+
+
+def test_classify_upload_shows_verdict_and_score(server, page, tmp_path):
+    page.goto(server["base"] + "/classify", wait_until="load")
+    page.set_input_files("#image", str(image_file(tmp_path, 1, size=160)))
+    page.click("#submit")
+    page.wait_for_selector("#verdict")
+    verdict = page.locator("#verdict").inner_text().strip()
+    score = float(page.locator("#score").inner_text())
+    threshold = float(page.locator("#threshold").inner_text())
+    assert 0.0 <= score <= 1.0 and threshold == 0.5
+    assert verdict == ("This is a Deepfake Image!" if score >= threshold else "This is a Real Image!")
+    assert page.locator("#model-version").inner_text() == CHAMPION
+    assert page.eval_on_selector("#heatmap", "e => e.complete && e.naturalWidth") > 0
+    save_screenshot(page, "classify")
