@@ -204,7 +204,7 @@ class LocalStore(Store):
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk_sorted(Path(entry.path))
                 continue
-            if entry.name.startswith(".tmp-") or (entry.is_symlink() and entry.is_dir()):
+            if entry.name.startswith(".tmp-") or (entry.is_symlink() and _points_to_dir(entry)):
                 continue
             rel = Path(entry.path).relative_to(self.root).as_posix()
             try:
@@ -274,6 +274,14 @@ class LocalStore(Store):
             if current != token:
                 raise Conflict(f"{self.describe(key)} changed since it was read; retry")
             self.write_bytes(key, data)
+
+
+def _points_to_dir(entry: os.DirEntry) -> bool:
+    """True when a link points to a folder; False for a link to a file, a broken link or a link loop."""
+    try:
+        return entry.is_dir()
+    except OSError:  # ELOOP and friends: listed (size -1) so the caller can report it
+        return False
 
 
 class _FileLock:
