@@ -16,7 +16,14 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from deployments.config import DEFAULT_INBOX_INTERVAL_S, REPO_ROOT, schedule_settings, work_pool, work_pool_type
+from deployments.config import (
+    DEFAULT_INBOX_INTERVAL_S,
+    DEFAULT_WORK_POOL,
+    REPO_ROOT,
+    schedule_settings,
+    work_pool,
+    work_pool_type,
+)
 
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -81,19 +88,22 @@ def ensure_work_pool(env: Mapping[str, str], name: str | None = None, pool_type:
     return True
 
 
-def with_inbox_interval(source: Path, interval_s: int, target: Path) -> Path:
-    """Write a copy of ``source`` (a prefect.yaml) whose interval schedules use ``interval_s`` seconds.
+def patched_prefect_file(source: Path, target: Path, inbox_interval_s: int | None = None,
+                         pool: str | None = None) -> Path:
+    """Write a copy of ``source`` (a prefect.yaml) with another inbox interval and/or work pool.
 
-    Needed because Prefect validates ``interval`` before it applies templates, so it cannot be
-    ``{{ ... }}`` in the file itself.
+    Needed because Prefect validates ``interval`` before it applies templates (so it cannot be
+    ``{{ ... }}`` in the file), and ``prefect deploy --all`` ignores ``--pool``.
     """
     import yaml
 
     config = yaml.safe_load(source.read_text())
     for deployment in config.get("deployments") or []:
+        if pool:
+            deployment["work_pool"] = {**(deployment.get("work_pool") or {}), "name": pool}
         for schedule in deployment.get("schedules") or []:
-            if "interval" in schedule:
-                schedule["interval"] = interval_s
+            if "interval" in schedule and inbox_interval_s is not None:
+                schedule["interval"] = inbox_interval_s
     target.write_text(yaml.safe_dump(config, sort_keys=False))
     return target
 
@@ -102,18 +112,20 @@ def deploy_all(env: Mapping[str, str], pool: str | None = None, cwd: Path = REPO
                prefect_file: Path | None = None) -> str:
     """``prefect --no-prompt deploy --all`` from the repo root, on ``pool`` (default ``DFD_WORK_POOL``).
 
-    ``SCORE_INBOX_INTERVAL`` (seconds), when it differs from the file's default, is applied through a
+    A work pool or ``SCORE_INBOX_INTERVAL`` (seconds) other than the file's defaults is applied through a
     patched copy of ``prefect.yaml``; cron and time zone are read by the file's own build step.
     """
     import tempfile
 
     settings = schedule_settings(env)  # fail here, with a clear message, on a bad value
-    args = ["--no-prompt", "deploy", "--all", "--pool", pool or work_pool(env)]
+    pool = pool or work_pool(env)
+    args = ["--no-prompt", "deploy", "--all"]
     prefect_file = prefect_file or cwd / "prefect.yaml"
     with tempfile.TemporaryDirectory(prefix="dfd-deploy-") as tmp:
-        if settings["inbox_interval"] != DEFAULT_INBOX_INTERVAL_S:
-            prefect_file = with_inbox_interval(prefect_file, settings["inbox_interval"],
-                                               Path(tmp) / "prefect.yaml")
+        interval = settings["inbox_interval"]
+        if interval != DEFAULT_INBOX_INTERVAL_S or pool != DEFAULT_WORK_POOL:
+            prefect_file = patched_prefect_file(prefect_file, Path(tmp) / "prefect.yaml",
+                                                inbox_interval_s=interval, pool=pool)
         args += ["--prefect-file", str(prefect_file)]
         return run_cli(args, env, cwd=cwd).stdout
 
