@@ -217,6 +217,10 @@ class S3Store(Store):
 
     def exists(self, key: str) -> bool:
         try:
+            clean_key(key)
+        except StorageError:
+            return False  # a key that could leave the store never exists (as in the local store)
+        try:
             self.stat(key)
         except NotFound:
             return False
@@ -368,7 +372,7 @@ class S3Store(Store):
         Stores that ignore the headers would let two promotions both "win"; refuse them with a clear error
         instead of losing updates silently.
         """
-        ident = self._identity()
+        ident = (id(self.client), self.bucket)  # clients live as long as the process (see _client)
         if ident in _CAS_VERIFIED:
             return
         probe = self._key(f".dfd-cas-probe/{uuid.uuid4().hex}")

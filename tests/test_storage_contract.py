@@ -122,6 +122,7 @@ def test_keys_that_could_leave_the_store_are_refused(store, key):
         store.write_bytes(key, b"x")
     with pytest.raises(StorageError):
         store.read_bytes(key)
+    assert not store.exists(key)
 
 
 def test_child_store_is_rooted_at_a_prefix(store):
