@@ -34,6 +34,7 @@ PLOT_TITLES = {
     "auc": "AUC per epoch",
     "pr": "Precision-recall curve",
     "hist": "Score histogram",
+    "reliability": "Reliability (calibration)",
 }
 # Names a run or batch folder may have: no separators, no leading dot.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -311,6 +312,11 @@ class Catalog:
             raise NotFoundError(f"unknown batch {batch_id!r}")
         summary = dict(summary)
         summary.setdefault("batch_id", batch_id)
+        # The scoring flow names some totals differently across versions; show one set of names.
+        if summary.get("total") is None and summary.get("files") is not None:
+            summary["total"] = summary["files"]
+        if summary.get("elapsed_s") is None and summary.get("duration_s") is not None:
+            summary["elapsed_s"] = summary["duration_s"]
         return summary
 
     def batches(self, limit: int | None = None) -> list[dict[str, Any]]:

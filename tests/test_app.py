@@ -445,3 +445,45 @@ print(json.dumps({{"bad": bad, "keras": "keras" in sys.modules}}))
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["keras"] is True  # it did load the model, so the check is meaningful
     assert result["bad"] == []
+
+
+@pytest.mark.slow
+def test_real_retrain_and_scoring_outputs_render(prefect_api, tmp_path, monkeypatch):
+    """What the real flows publish (not fixtures written here) renders: plots, metrics, batch rows, thumbs."""
+    from helpers import make_dataset
+
+    from flows.retrain import retrain
+    from flows.score_batch import score_batch
+
+    monkeypatch.setenv("DFD_WORK_DIR", str(tmp_path / "work"))
+    artifacts = tmp_path / "artifacts"
+    record = retrain(data_url=str(make_dataset(tmp_path / "data", per_class=16, size=32)),
+                     artifacts_url=str(artifacts), synthetic_url=str(tmp_path / "synthetic"),
+                     min_images_per_class=5, batch_size=16, epochs=2)
+    assert record["decision"] == "promoted"
+    inbox = make_dataset(tmp_path / "inbox" / "today", per_class=4, size=40, seed=9)
+    (inbox / "real" / "broken.png").write_bytes(b"not an image")
+    summary = score_batch(path=str(inbox), artifacts_url=str(artifacts), batch_size=4)
+
+    c = create_app({"ARTIFACTS_URL": str(artifacts), "REFRESH_SECONDS": 0, "CACHE_DIR": str(tmp_path / "c")}
+                   ).test_client()
+    html = c.get("/").get_data(as_text=True)
+    assert record["version"] in html and "ROC AUC" in html and "Equal error rate" in html
+    champ = c.get("/api/champion").json
+    assert champ["version"] == record["version"] and set(PLOTS) <= set(champ["plots"])
+    for url in champ["plots"].values():
+        assert f'src="{url}"' in html and c.get(url).status_code == 200
+    run = c.get(f"/api/runs/{record['version']}").json
+    assert run["run"]["decision"] == "promoted" and run["metrics"]["test"]["roc_auc"] == record["test_auc"]
+    batch_id = summary["batch_id"]
+    assert batch_id in c.get("/batches").get_data(as_text=True)
+    api = c.get(f"/api/batches/{batch_id}?limit=500").json
+    assert api["total"] == summary["files"] == 9
+    assert sum(bool(r["error"]) for r in api["rows"]) == summary["counts"]["error"] == 1
+    page = c.get(f"/batches/{batch_id}").get_data(as_text=True)
+    assert "broken.png" in page and f"{summary['files']}</dd>" in page
+    good = next(i for i, r in enumerate(api["rows"]) if not r["error"])
+    thumb = c.get(f"/batches/{batch_id}/thumb/{good}.jpg")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    verdict = upload(c, (inbox / "df" / "df_000.png").read_bytes()).json
+    assert verdict["model_version"] == record["version"]
