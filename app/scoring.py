@@ -169,11 +169,10 @@ def gradcam_map(predictor: Any, pixels: np.ndarray, max_tiles: int = 64) -> tupl
     layer = _cam_layer(model)
     if layer is None:
         return None, "this model has no convolutional layer to explain"
-    key = id(model)
-    sub = _CAM_MODELS.get(key)
+    sub = getattr(predictor, "_cam_model", None)  # built once per loaded model
     if sub is None:
         sub = keras.Model(model.inputs, [layer.output, model.outputs[0]])
-        _CAM_MODELS[key] = sub
+        predictor._cam_model = sub
     spec = predictor.spec
     size = int(spec["size"])
     h, w = pixels.shape[:2]
@@ -214,9 +213,6 @@ def gradcam_map(predictor: Any, pixels: np.ndarray, max_tiles: int = 64) -> tupl
     top = float(heat.max())
     heat = heat / top if top > 0 else heat
     return heat, note
-
-
-_CAM_MODELS: dict[int, Any] = {}
 
 
 def _resize_map(m: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -487,3 +487,54 @@ def test_real_retrain_and_scoring_outputs_render(prefect_api, tmp_path, monkeypa
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     verdict = upload(c, (inbox / "df" / "df_000.png").read_bytes()).json
     assert verdict["model_version"] == record["version"]
+
+
+@pytest.mark.s3
+def test_viewer_reads_an_s3_artifact_store(world, s3_env):
+    """The same pages from SeaweedFS (a real S3 server): overview, plots, batch rows, thumbnails, predict."""
+    from dfd.storage import open_store
+
+    art, src = open_store(f"{s3_env}/artifacts"), open_store(f"{s3_env}/inbox")
+    for base, store in ((world / "artifacts", art), (world / "inbox" / BATCH, src)):
+        for path in base.rglob("*"):
+            if path.is_file():
+                store.upload_file(path, path.relative_to(base).as_posix())
+    summary = json.loads((world / "artifacts" / "scores" / BATCH / "summary.json").read_text())
+    art.write_json(f"scores/{BATCH}/summary.json", {**summary, "source": f"{s3_env}/inbox"})
+    c = create_app({"ARTIFACTS_URL": f"{s3_env}/artifacts", "REFRESH_SECONDS": 0,
+                    "CACHE_DIR": str(world / "s3cache")}).test_client()
+    html = c.get("/").get_data(as_text=True)
+    assert CHAMPION in html and BATCH in html
+    assert c.get(f"/artifacts/runs/{CHAMPION}/roc.png").status_code == 200
+    assert c.get("/artifacts/runs/%2e%2e/champion.json").status_code == 404
+    assert c.get(f"/api/batches/{BATCH}?label=error").json["total"] == summary["counts"]["error"]
+    assert c.get(f"/batches/{BATCH}/thumb/1.jpg").mimetype == "image/jpeg"
+    r = upload(c, png_bytes(sample_image(3)))
+    assert r.status_code == 200 and r.json["model_version"] == CHAMPION
+    assert (world / "s3cache" / "models" / CHAMPION / "model.keras").is_file()  # downloaded, then loaded
+
+
+def test_tiles_cover_the_image_within_the_view_budget():
+    from app.scoring import _tiles
+
+    for h, w, size, budget in [(500, 700, 32, 64), (32, 32, 32, 64), (20, 90, 32, 64), (1000, 40, 64, 9)]:
+        corners, hh, ww = _tiles(h, w, size, budget)
+        assert len(corners) <= budget and hh >= size and ww >= size
+        covered = np.zeros((hh, ww), bool)
+        for y, x in corners:
+            assert 0 <= y <= hh - size and 0 <= x <= ww - size
+            covered[y : y + size, x : x + size] = True
+        assert covered.all()
+
+
+def test_gradcam_for_a_resize_model():
+    """The seed's architecture (whole image resized) gets a heatmap over the whole image too."""
+    from helpers import train_tiny_model
+
+    from app.scoring import gradcam_map
+    from dfd.predict import Predictor
+
+    model, metadata = train_tiny_model(arch="seed-cnn", per_class=6, epochs=1)
+    heat, note = gradcam_map(Predictor(model, {**metadata, "version": "seed"}), sample_image(2, 90)[:70])
+    assert heat is not None and heat.shape == (70, 90) and "Grad-CAM" in note
+    assert heat.min() >= 0 and heat.max() <= 1
