@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-per-class", type=int, default=300)
     parser.add_argument("--score-images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds (the order alternates each round)")
     parser.add_argument("--arch", default=None, help="model architecture (default: the settings' default)")
     args = parser.parse_args(argv)
 
@@ -91,31 +92,35 @@ def main(argv: list[str] | None = None) -> int:
         from flows.retrain import retrain
         from flows.score_batch import score_batch
 
+        backends = [("local", str(local)), ("s3", s3)]
         with prefect_test_harness(server_startup_timeout=120):
-            for backend, base in (("local", str(local)), ("s3", s3)):
-                os.environ["DFD_WORK_DIR"] = str(work / f"work-{backend}")
-                start = time.perf_counter()
-                record = retrain(
-                    data_url=f"{base}/data", artifacts_url=f"{base}/artifacts", synthetic_url=f"{base}/synthetic",
-                    epochs=args.epochs, arch=args.arch, force=True,
-                )
-                took = time.perf_counter() - start
-                rows.append((f"retrain ({backend})", f"{len(train)} images, {args.epochs} epochs", took,
-                             f"decision={record.get('decision')} auc={record.get('test_auc')}"))
-                start = time.perf_counter()
-                summary = score_batch(path=f"{base}/inbox/bench", artifacts_url=f"{base}/artifacts")
-                took = time.perf_counter() - start
-                rows.append((f"score_batch ({backend})", f"{sum(summary['counts'].values())} images", took,
-                             f"counts={summary['counts']} files/s={summary.get('files_per_s')}"))
+            for r in range(args.repeat):
+                # Alternate the order so that neither backend always runs on a cold process.
+                for backend, base in backends if r % 2 == 0 else backends[::-1]:
+                    os.environ["DFD_WORK_DIR"] = str(work / f"work-{backend}-{r}")
+                    artifacts = f"{base}/artifacts-{r}"  # a fresh store: no ledger reuse between repeats
+                    start = time.perf_counter()
+                    record = retrain(
+                        data_url=f"{base}/data", artifacts_url=artifacts, synthetic_url=f"{base}/synthetic-{r}",
+                        epochs=args.epochs, arch=args.arch, force=True,
+                    )
+                    took = time.perf_counter() - start
+                    rows.append((f"retrain ({backend}) #{r + 1}", f"{len(train)} images, {args.epochs} epochs",
+                                 took, f"decision={record.get('decision')} test_auc={record.get('test_auc'):.3f}"))
+                    start = time.perf_counter()
+                    summary = score_batch(path=f"{base}/inbox/bench", artifacts_url=artifacts)
+                    took = time.perf_counter() - start
+                    rows.append((f"score_batch ({backend}) #{r + 1}", f"{sum(summary['counts'].values())} images",
+                                 took, f"counts={summary['counts']} files/s={summary.get('files_per_s')}"))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"{'step':28} {'size':30} {'seconds':>8}  notes")
-    print("-" * 100)
+    print(f"{'step':32} {'size':30} {'seconds':>8}  notes")
+    print("-" * 110)
     for step, size, seconds, notes in rows:
-        print(f"{step:28} {size:30} {seconds:8.1f}  {notes}")
+        print(f"{step:32} {size:30} {seconds:8.1f}  {notes}")
     return 0
 
 
