@@ -278,6 +278,7 @@ def batch_page(batch_id: str):
         limit=limit,
         prev_url=page_url(page - 1) if page > 1 else None,
         next_url=page_url(page + 1) if page < pages else None,
+        thumb_prefix=url_for("viewer.batch_page", batch_id=batch_id) + "/thumb/",  # one url_for, not 50
         csv_url=url_for("viewer.batch_csv", batch_id=batch_id, **{k: v for k, v in args.items() if k != "per_page"}),
         labels=LABELS,
     )
