@@ -2,6 +2,7 @@
 
     python -m deployments.stack up        # start everything, wait until healthy, print the URLs
     python -m deployments.stack status    # what is running
+    python -m deployments.stack next      # the next scheduled runs of each deployment
     python -m deployments.stack down      # stop everything ``up`` started
 
 Everything lives under ``.stack/`` in the repo: ``prefect-home/`` (the server's own PREFECT_HOME and
@@ -40,7 +41,7 @@ from deployments.deploy import (
 STACK_DIR = REPO_ROOT / ".stack"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-DEFAULT_VIEWER_PORT = 8080
+DEFAULT_VIEWER_PORT = 8000
 # Stop order: the worker first (no new runs), then the viewer, then the server.
 STOP_ORDER = ("worker", "viewer", "server")
 
@@ -283,9 +284,54 @@ def status(stack_dir: Path = STACK_DIR, out=print) -> dict[str, bool]:
     return result
 
 
+def next_runs(stack_dir: Path = STACK_DIR, per_deployment: int = 3, out=print) -> dict[str, list[str]]:
+    """Print the next scheduled runs of every deployment (expected start, UTC and schedule time zone)."""
+    from zoneinfo import ZoneInfo
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = os.environ.get("PREFECT_API_URL") or read_state(stack_dir).get("api_url")
+    if not api_url:
+        raise StackError("no PREFECT_API_URL and no stack recorded in " + str(stack_dir))
+    result: dict[str, list[str]] = {}
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for d in client.read_deployments():
+            flow_name = client.read_flow(d.flow_id).name
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=per_deployment)
+            schedules = "; ".join(
+                (f"cron {s.schedule.cron!r} {s.schedule.timezone}" if getattr(s.schedule, "cron", None)
+                 else f"every {s.schedule.interval.total_seconds():.0f} s" if getattr(s.schedule, "interval", None)
+                 else str(s.schedule)) + ("" if s.active else " (paused)")
+                for s in d.schedules) or "no schedule"
+            tz = next((s.schedule.timezone for s in d.schedules if getattr(s.schedule, "timezone", None)), "UTC")
+            out(f"{flow_name}/{d.name}  [{schedules}]")
+            lines = []
+            for run in runs:
+                when = run.expected_start_time
+                lines.append(f"{when:%Y-%m-%d %H:%M:%S} UTC  ({when.astimezone(ZoneInfo(tz)):%H:%M %Z})  "
+                             f"{run.name}")
+                out("    next: " + lines[-1])
+            result[f"{flow_name}/{d.name}"] = lines
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "next"])
     parser.add_argument("--host", default=os.environ.get("DFD_STACK_HOST", DEFAULT_HOST))
     parser.add_argument("--port", type=int, default=int(os.environ.get("DFD_STACK_PORT", DEFAULT_PORT)))
     parser.add_argument("--viewer-port", type=int,
@@ -298,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             up(args.host, args.port, args.viewer_port, args.stack_dir.resolve(), not args.no_viewer)
         elif args.command == "down":
             down(args.stack_dir.resolve())
+        elif args.command == "next":
+            next_runs(args.stack_dir.resolve())
         else:
             status(args.stack_dir.resolve())
     except StackError as exc:
