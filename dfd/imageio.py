@@ -70,7 +70,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         raise ImageError("not an image", "no known image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct_error) as exc:
         text = str(exc)
-        if "truncated" in text or "broken data stream" in text or isinstance(exc, EOFError):
+        if "truncated" in text.lower() or "broken data stream" in text or isinstance(exc, EOFError):
             raise ImageError("truncated", text) from None
         raise ImageError("unreadable image", text[:200]) from None
     pixels = np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,66 @@
+"""Model builders, views, and the save/load round trip that scoring relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfd.model import build_model, input_spec_for, load_model, save_model
+from dfd.predict import Predictor
+from dfd.preprocess import choose_crop_size, eval_views, make_spec, train_view
+from helpers import train_tiny_model
+
+
+def test_seed_cnn_matches_the_seed_baseline():
+    model = build_model("seed-cnn", 64)
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [32, 32, 64, 64]
+    assert model.input_shape == (None, 64, 64, 3)
+    assert input_spec_for("seed-cnn", 128) == {"mode": "resize", "size": 64, "crops": 1}
+
+
+def test_patchnet_is_fully_convolutional_over_any_crop_size():
+    for size in (32, 96):
+        model = build_model("patchnet", size, width=8)
+        out = model(np.zeros((2, size, size, 3), np.float32))
+        assert out.shape == (2, 1)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("nope", 32)
+
+
+def test_views_are_native_resolution_crops():
+    img = np.arange(100 * 80 * 3, dtype=np.uint8).reshape(100, 80, 3)
+    views = eval_views(img, make_spec("crop", 32, 5))
+    assert views.shape == (5, 32, 32, 3)
+    assert np.array_equal(views[1], img[:32, :32])  # top-left corner, untouched pixels
+    small = eval_views(np.zeros((20, 10, 3), np.uint8), make_spec("crop", 32, 1))
+    assert small.shape == (1, 32, 32, 3)  # mirrored, not resized
+    view = train_view(img, make_spec("crop", 32, 5), np.random.default_rng(0))
+    assert view.shape == (32, 32, 3)
+    assert choose_crop_size([250] * 10, 128) == 128 and choose_crop_size([32] * 10, 128) == 32
+
+
+def test_saved_model_reloads_with_identical_scores(tmp_path):
+    model, metadata = train_tiny_model(epochs=1)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(4)]
+    before = Predictor(model, metadata).score_pixels(images)
+    save_model(model, metadata, tmp_path / "m")
+    loaded, meta = load_model(tmp_path / "m")
+    after = Predictor(loaded, meta).score_pixels(images)
+    np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
+    assert meta["input_spec"] == metadata["input_spec"]
+    with pytest.raises(ValueError, match="metadata is missing"):
+        save_model(model, {"threshold": 0.5}, tmp_path / "bad")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "nothing")
+
+
+def test_temperature_changes_confidence_not_order():
+    model, metadata = train_tiny_model(epochs=1)
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    plain = Predictor(model, {**metadata, "temperature": 1.0}).score_pixels(images)
+    soft = Predictor(model, {**metadata, "temperature": 3.0}).score_pixels(images)
+    assert np.array_equal(np.argsort(plain), np.argsort(soft))
+    assert np.all(np.abs(soft - 0.5) <= np.abs(plain - 0.5) + 1e-9)

@@ -1,0 +1,138 @@
+"""The retrain flow end to end under a temporary Prefect API, plus resumable training."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfd import registry
+from dfd.plots import PLOT_FILES
+from dfd.predict import Predictor
+from dfd.storage import open_store
+from helpers import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    monkeypatch.setenv("DFD_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("DFD_PATIENCE", "10")
+    return {
+        "data": make_dataset(tmp_path / "data", per_class=64, size=32),
+        "artifacts": tmp_path / "artifacts",
+        "synthetic": tmp_path / "synthetic",
+    }
+
+
+@pytest.mark.slow
+def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefect_api, workspace):
+    from flows.retrain import retrain
+
+    common = dict(data_url=str(workspace["data"]), artifacts_url=str(workspace["artifacts"]),
+                  synthetic_url=str(workspace["synthetic"]), min_images_per_class=5, batch_size=8)
+    first = retrain(**common, epochs=15)
+    assert first["decision"] == "promoted", first
+    store = open_store(workspace["artifacts"])
+    version = first["version"]
+    assert registry.champion_version(store) == version
+    names = {o.key.split("/", 2)[2] for o in store.list(f"runs/{version}")}
+    expected = {"model.keras", "metadata.json", "metrics.json", "split_manifest.csv", "quarantine.json",
+                "config.json", "history.json", "run.json", "_COMPLETE", *PLOT_FILES}
+    assert expected <= names
+    metrics = store.read_json(f"runs/{version}/metrics.json")
+    test = metrics["test"]
+    assert 0.8 <= test["roc_auc"] <= 1.0, test  # the synthetic traces are easy to learn
+    assert test["n"] == sum(sum(row) for row in test["at_threshold"]["confusion_matrix"])
+    assert {"at_threshold", "at_0.5", "average_precision", "eer", "ece"} <= set(test)
+    assert 0.0 < metrics["threshold"] < 1.0
+    metadata = store.read_json(f"runs/{version}/metadata.json")
+    assert metadata["data_fingerprint"] == first["data_fingerprint"]
+    assert {"tensorflow", "keras", "numpy"} <= set(metadata["versions"])
+
+    # Parity: the published model, reloaded, gives the scores the evaluation recorded.
+    predictor = Predictor.from_folder(registry.fetch_model_dir(store, version, workspace["artifacts"] / "c"))
+    rows = list(csv.DictReader(store.read_text(f"runs/{version}/test_scores.csv").splitlines()))
+    for row in rows[:4]:
+        score = predictor.score_bytes((workspace["data"] / row["key"]).read_bytes())
+        assert score == pytest.approx(float(row["score"]), abs=1e-5)
+
+    # A model that cannot learn (learning rate 0) must not replace the champion.
+    worse = retrain(**common, epochs=2, learning_rate=0.0, force=True)
+    assert worse["decision"] == "rejected", worse
+    assert worse["champion_before"] == version
+    assert registry.champion_version(store) == version
+    assert store.read_json(f"runs/{worse['version']}/run.json")["decision"] == "rejected"
+
+    # Same data again without force: a quick "unchanged" finish that publishes nothing.
+    again = retrain(**common, epochs=2)
+    assert again["decision"] == "unchanged"
+    assert len(registry.list_versions(store)) == 2
+
+
+def test_missing_data_folder_fails_with_clear_message(tmp_path: Path):
+    env = {**os.environ, "DFD_WORK_DIR": str(tmp_path / "w"), "PREFECT_API_URL": ""}
+    env.pop("PREFECT_API_URL")
+    proc = subprocess.run([sys.executable, "-m", "flows.retrain", "--data", str(tmp_path / "nope"),
+                           "--artifacts", str(tmp_path / "a"), "--no-demo"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "data folder not found or empty" in proc.stderr
+    assert not (tmp_path / "a" / "champion.json").exists()
+
+
+TRAIN_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from dfd.storage import open_store
+from dfd.train import Entry, train
+from dfd.preprocess import make_spec
+store = open_store({data!r})
+entries = [Entry(0, o.key, int(o.key.startswith("df/"))) for o in store.list()]
+train(entries, entries[:8] + entries[-8:], [store], arch="patchnet", spec=make_spec("crop", 32, 1),
+      epochs={epochs}, batch_size=8, learning_rate=1e-3, width=8, patience=100, seed=0,
+      max_pixels=10**7, work_dir={work!r}, log=lambda m: print(m, flush=True))
+"""
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
+    data_root = make_dataset(tmp_path / "d", per_class=40, size=32)
+    work = tmp_path / "work"
+    script = TRAIN_SCRIPT.format(tests=str(ROOT / "tests"), data=str(data_root), work=str(work), epochs=200)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    marker = work / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "training never checkpointed"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len((work / "history.csv").read_text().strip().splitlines()) - 1
+    assert done_before >= 1
+
+    from dfd.storage import open_store
+    from dfd.preprocess import make_spec
+    from dfd.train import Entry, train
+
+    store = open_store(data_root)
+    entries = [Entry(0, o.key, int(o.key.startswith("df/"))) for o in store.list()]
+    lines: list[str] = []
+    total = done_before + 2
+    _, history, stats = train(entries, entries[:8] + entries[-8:], [store], arch="patchnet",
+                              spec=make_spec("crop", 32, 1), epochs=total, batch_size=8, learning_rate=1e-3,
+                              width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append)
+    first_epoch = int(lines[0].split()[1].split("/")[0])
+    assert first_epoch > 1, lines  # it did not start again from epoch 1
+    assert len(history["loss"]) == stats["epochs_run"] >= total - 1
+    assert not work.exists()  # the checkpoint folder is removed after success
+    assert np.isfinite(history["loss"]).all()
