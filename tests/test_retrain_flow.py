@@ -108,7 +108,7 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
     data_root = make_dataset(tmp_path / "d", per_class=40, size=32)
     work = tmp_path / "work"
     script = TRAIN_SCRIPT.format(tests=str(ROOT / "tests"), data=str(data_root), work=str(work), epochs=200)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL)
     marker = work / "backup" / "training_metadata.json"
     deadline = time.time() + 240
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
