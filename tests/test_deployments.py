@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
-from deployments.config import REPO_ROOT
-from deployments.deploy import PREFECT, deploy_all, ensure_work_pool, offline_env, wait_healthy
+from deployments.config import REPO_ROOT, ConfigError, schedule_settings
+from deployments.deploy import PREFECT, deploy_all, ensure_work_pool, offline_env, patched_prefect_file, wait_healthy
+from deployments.stack import alive, read_state
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,78 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_schedule_settings_defaults_and_overrides():
+    assert schedule_settings({}) == {"retrain_cron": "0 2 * * *", "timezone": "UTC", "inbox_interval": 300}
+    custom = {"RETRAIN_CRON": "30 3 * * 1-5", "RETRAIN_TIMEZONE": "Europe/Paris", "SCORE_INBOX_INTERVAL": "60"}
+    assert schedule_settings(custom) == {"retrain_cron": "30 3 * * 1-5", "timezone": "Europe/Paris",
+                                         "inbox_interval": 60}
+    for bad in ({"RETRAIN_CRON": "every night"}, {"RETRAIN_TIMEZONE": "Mars/Olympus"},
+                {"SCORE_INBOX_INTERVAL": "5m"}, {"SCORE_INBOX_INTERVAL": "2"}):
+        with pytest.raises(ConfigError):
+            schedule_settings(bad)
+
+
+def test_patched_prefect_file_changes_only_pool_and_interval(tmp_path):
+    source = REPO_ROOT / "prefect.yaml"
+    patched = yaml.safe_load(patched_prefect_file(source, tmp_path / "p.yaml", 45, "other-pool").read_text())
+    original = yaml.safe_load(source.read_text())
+    assert [d["work_pool"]["name"] for d in patched["deployments"]] == ["other-pool", "other-pool"]
+    assert patched["deployments"][1]["schedules"][0]["interval"] == 45
+    assert patched["deployments"][0]["schedules"] == original["deployments"][0]["schedules"]
+    for d in patched["deployments"]:
+        d["work_pool"]["name"] = "dfd-process"
+    patched["deployments"][1]["schedules"][0]["interval"] = 300
+    assert patched == original
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_stack_up_then_down_stops_everything(tmp_path):
+    """``python -m deployments.stack up`` starts server, worker and viewer; ``down`` stops them all."""
+    import urllib.request
+
+    port, viewer_port = _free_ports(2)
+    env = offline_env(ARTIFACTS_URL=str(tmp_path / "artifacts"), INBOX_URL=str(tmp_path / "inbox"),
+                      DFD_WORK_DIR=str(tmp_path / "work"))
+    for var in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH"):
+        env.pop(var, None)
+    stack_dir = tmp_path / "stack"
+    cmd = [*PREFECT[:1], "-m", "deployments.stack"]
+    flags = ["--port", str(port), "--viewer-port", str(viewer_port), "--stack-dir", str(stack_dir)]
+    try:
+        up = subprocess.run(cmd + ["up", *flags], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = read_state(stack_dir)
+        pids = state["pids"]
+        assert set(pids) == {"server", "worker", "viewer"} and all(alive(p) for p in pids.values())
+        assert f"http://127.0.0.1:{port}" in up.stdout and f"http://127.0.0.1:{viewer_port}/" in up.stdout
+        assert (stack_dir / "prefect-home").is_dir()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{viewer_port}/", timeout=10) as r:
+            assert r.status == 200
+        again = subprocess.run(cmd + ["up", *flags], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=60)
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        down = subprocess.run(cmd + ["down", "--stack-dir", str(stack_dir)], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not any(alive(p) for p in pids.values())
+    assert "killing" not in down.stdout  # each stopped on its signals (the worker on the second SIGTERM)
+    assert read_state(stack_dir)["pids"] == {}
 
 
 @pytest.fixture(scope="module")
