@@ -100,7 +100,8 @@ def viewer_command() -> list[str] | None:
 
 
 def up(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, viewer_port: int = DEFAULT_VIEWER_PORT,
-       stack_dir: Path = STACK_DIR, with_viewer: bool = True, out=print) -> dict[str, Any]:
+       stack_dir: Path = STACK_DIR, with_viewer: bool = True, with_worker: bool = True,
+       out=print) -> dict[str, Any]:
     """Bring the stack up; returns the recorded state (pids, URLs, timings)."""
     stack_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(stack_dir)
@@ -154,11 +155,14 @@ def up(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, viewer_port: int = DE
         deploy_all(env, pool)
         out("deployments registered: " + ", ".join(_deployment_names(env)))
 
-        worker = _spawn("worker", PREFECT + ["worker", "start", "--pool", pool, "--name", "dfd-local-worker"],
-                        env, stack_dir)
-        state["pids"]["worker"] = worker.pid
-        _write_state(stack_dir, state)
-        out(f"worker started (pid {worker.pid}) on pool {pool!r}")
+        if with_worker:
+            worker = _spawn("worker", PREFECT + ["worker", "start", "--pool", pool, "--name", "dfd-local-worker"],
+                            env, stack_dir)
+            state["pids"]["worker"] = worker.pid
+            _write_state(stack_dir, state)
+            out(f"worker started (pid {worker.pid}) on pool {pool!r}")
+        else:
+            out(f"worker: skipped; start one where pool {pool!r} should run: prefect worker start --pool {pool}")
 
         command = viewer_command() if with_viewer else None
         if command is None:
@@ -337,11 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewer-port", type=int,
                         default=int(os.environ.get("VIEWER_PORT", DEFAULT_VIEWER_PORT)))
     parser.add_argument("--no-viewer", action="store_true", help="do not start the viewer")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="do not start a local worker (for a pool whose workers run elsewhere)")
     parser.add_argument("--stack-dir", type=Path, default=Path(os.environ.get("DFD_STACK_DIR", STACK_DIR)))
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up(args.host, args.port, args.viewer_port, args.stack_dir.resolve(), not args.no_viewer)
+            up(args.host, args.port, args.viewer_port, args.stack_dir.resolve(), not args.no_viewer,
+               not args.no_worker)
         elif args.command == "down":
             down(args.stack_dir.resolve())
         elif args.command == "next":
