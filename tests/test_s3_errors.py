@@ -19,6 +19,8 @@ from dfd.registry import COMPLETE, champion_version, is_complete, list_versions,
 from dfd.s3 import S3Store
 from dfd.storage import StorageError, open_store
 
+pytestmark = pytest.mark.s3
+
 
 def one_line(exc: BaseException, *forbidden: str) -> str:
     text = str(exc)

@@ -29,7 +29,7 @@ from dfd.registry import (
 from dfd.storage import Conflict, LocalStore, NotFound, StorageError, open_store
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store(request, tmp_path):
     """A fresh, empty store of each kind (S3: a unique prefix in the session's bucket)."""
     if request.param == "local":
@@ -275,6 +275,7 @@ def test_set_champion_racing_from_two_threads(store, tmp_path):
     assert sorted(trail[2:]) == ["v2", "v3"]  # neither update was lost
 
 
+@pytest.mark.s3
 def test_s3_listing_paginates_over_more_than_1000_keys(s3_env):
     from dfd.s3 import S3Store
 
