@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
 from dfd.demo import DEMO_NOTE  # noqa: E402
+from dfd.notify import flow_failure_hook, notify  # noqa: E402
 from dfd.settings import Settings  # noqa: E402
 from tasks import retrain as t  # noqa: E402
 
@@ -53,7 +54,8 @@ def _rename_run(name: str) -> None:
         get_run_logger().debug("could not rename the flow run: %s", exc)
 
 
-@flow(name="retrain", flow_run_name=_run_name, log_prints=True)
+@flow(name="retrain", flow_run_name=_run_name, log_prints=True, on_failure=[flow_failure_hook],
+      on_crashed=[flow_failure_hook])
 def retrain(
     data_url: str | None = None,
     artifacts_url: str | None = None,
@@ -128,6 +130,9 @@ def retrain(
         **decision,
     }
     t.record_run(s, record)
+    if record["decision"] == "rejected":
+        notify(settings.webhook_url, f"retrain: challenger {record['version']} rejected: {record['reason']}",
+               version=record["version"], test_auc=record["test_auc"], champion=record["champion_before"])
     shutil.rmtree(validated["run_dir"], ignore_errors=True)
     if validated["demo_data"]:
         log.warning("NOTE: %s", DEMO_NOTE)

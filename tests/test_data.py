@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_dataset, png_bytes
 
 from dfd import data
 from dfd.demo import synthetic_photo
 from dfd.storage import open_store
-from helpers import make_dataset, png_bytes
 
 KW = dict(max_pixels=10_000_000, max_bytes=10_000_000, min_per_class=5)
 

@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
+from helpers import png_bytes
 from PIL import Image
 
 from dfd.imageio import ImageError, decode_image, has_image_extension
-from helpers import png_bytes
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:

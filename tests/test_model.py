@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import train_tiny_model
 
 from dfd.model import build_model, input_spec_for, load_model, save_model
 from dfd.predict import Predictor
 from dfd.preprocess import choose_crop_size, eval_views, make_spec, train_view
-from helpers import train_tiny_model
 
 
 def test_seed_cnn_matches_the_seed_baseline():

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_dataset
 
 from dfd import registry
 from dfd.plots import PLOT_FILES
 from dfd.predict import Predictor
 from dfd.storage import open_store
-from helpers import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,35 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path
     }
 
 
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch):
+    """A local Slack-compatible receiver; yields the list of JSON bodies it got."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("WEBHOOK_URL", f"http://127.0.0.1:{server.server_address[1]}/hook")
+    yield received
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.mark.slow
-def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefect_api, workspace):
+def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefect_api, workspace, webhook):
     from flows.retrain import retrain
 
     common = dict(data_url=str(workspace["data"]), artifacts_url=str(workspace["artifacts"]),
@@ -71,6 +98,7 @@ def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefec
     assert worse["champion_before"] == version
     assert registry.champion_version(store) == version
     assert store.read_json(f"runs/{worse['version']}/run.json")["decision"] == "rejected"
+    assert len(webhook) == 1 and "rejected" in webhook[0]["text"]  # the promotion sent nothing
 
     # Same data again without force: a quick "unchanged" finish that publishes nothing.
     again = retrain(**common, epochs=2)
@@ -120,8 +148,8 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
     done_before = len((work / "history.csv").read_text().strip().splitlines()) - 1
     assert done_before >= 1
 
-    from dfd.storage import open_store
     from dfd.preprocess import make_spec
+    from dfd.storage import open_store
     from dfd.train import Entry, train
 
     store = open_store(data_root)
