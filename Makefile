@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_ENABLE_ONEDNN_OPTS := 0
 export MPLBACKEND := Agg
 
-.PHONY: install demo retrain score test lint viewer stack stack-down browser-deps bench clean
+.PHONY: install demo retrain score test lint viewer stack stack-down browser-deps bench clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ browser-deps:
 test: install browser-deps
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
+
+## Regenerate the README's screenshots with the browser test's own code path.
+screenshots: install browser-deps
+	DFD_SCREENSHOT_DIR=docs/screenshots $(BIN)/python -m pytest -q tests/test_browser.py
 
 lint: install
 	$(BIN)/python -m ruff check .

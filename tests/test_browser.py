@@ -1,13 +1,15 @@
 """The viewer in a real headless browser: Playwright drives Debian's Chromium against the production server
 (waitress, ``python -m app``) started on a free port with a tiny trained model and a scored batch.
 
-The same code path writes the README's screenshots to ``docs/screenshots/`` (or ``$DFD_SCREENSHOT_DIR``).
+The same code path makes the README's screenshots: ``make screenshots`` sets ``DFD_SCREENSHOT_DIR=docs/screenshots``;
+otherwise they go to a temporary folder, so a test run never changes tracked files.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from viewer_fixtures import CHAMPION, PLOTS, build_store, image_file, start_serv
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = Path(os.environ.get("DFD_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
+SCREENSHOTS = Path(os.environ.get("DFD_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "dfd-screenshots")
 MAX_SCREENSHOT_BYTES = 300_000
 LAUNCH_ARGS = [
     "--no-sandbox",
