@@ -1,0 +1,155 @@
+"""The ``score-batch`` flow: classify every image of a folder (or of every ready inbox folder).
+
+Command line (also installed as ``dfd-score``)::
+
+    python -m flows.score_batch PATH [--model-version V] [--batch-size N]
+    python -m flows.score_batch --inbox [--inbox-url URL] [--quiet-seconds S]
+
+``PATH`` is a local folder or ``s3://bucket/prefix``. Results go to ``<ARTIFACTS_URL>/scores/<batch-id>/``
+(``results.csv``, ``results.jsonl``, ``summary.json``; see :mod:`dfd.scoring`). A missing folder, an empty
+folder or a missing champion model end with a one-line ``error: ...`` and exit status 2; a failure during
+the run exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from dfd.registry import RegistryError, resolve_version
+from dfd.scoring import ScoringError, check_source, format_summary
+from dfd.settings import Settings, SettingsError
+from dfd.storage import StorageError, open_store
+from tasks.scoring import find_ready_batches, publish_inbox_table, publish_summary, score_folder_task
+
+
+def _run_name() -> str:
+    params = flow_run.parameters or {}
+    if params.get("inbox"):
+        return "score inbox"
+    path = str(params.get("path") or "?").rstrip("/")
+    return f"score {path.rsplit('/', 1)[-1] or path}"
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings.from_env(**overrides)
+
+
+@flow(name="score-batch", flow_run_name=_run_name)
+def score_batch(
+    path: str | None = None,
+    model_version: str | None = None,
+    batch_size: int | None = None,
+    inbox: bool = False,
+    artifacts_url: str | None = None,
+    inbox_url: str | None = None,
+    quiet_seconds: float | None = None,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """Score the folder ``path``, or, with ``inbox=True``, every ready and not yet scored inbox folder.
+
+    Returns the batch summary (a list of them in inbox mode). ``model_version`` defaults to the champion;
+    ``batch_size``, ``artifacts_url``, ``inbox_url`` and ``quiet_seconds`` default to the settings.
+    """
+    logger = get_run_logger()
+    settings = _settings(
+        artifacts_url=artifacts_url,
+        inbox_url=inbox_url,
+        quiet_seconds=quiet_seconds,
+        score_batch_size=batch_size,
+    )
+    if not inbox:
+        if not path:
+            raise ScoringError("no folder to score: give a path, or inbox=True")
+        summary = score_folder_task(path, settings, model_version)
+        publish_summary(summary)
+        logger.info("%s", format_summary(summary))
+        return summary
+
+    rows = find_ready_batches(settings)
+    publish_inbox_table(rows)
+    summaries: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for row in (r for r in rows if r["due"]):
+        try:
+            summary = score_folder_task(row["url"], settings, model_version, batch_id=row["batch_id"])
+        except (RegistryError, ScoringError, StorageError) as exc:
+            logger.error("inbox folder %s failed: %s", row["name"], exc)
+            failures.append(f"{row['name']}: {exc}")
+            if isinstance(exc, RegistryError):
+                break  # no model: every other folder would fail the same way
+            continue
+        publish_summary(summary)
+        logger.info("%s", format_summary(summary))
+        summaries.append(summary)
+    if not any(r["due"] for r in rows):
+        logger.info("inbox %s: nothing to score", settings.inbox_url)
+    if failures:
+        raise RuntimeError(f"{len(failures)} inbox folder(s) failed: " + "; ".join(failures))
+    return summaries
+
+
+def _precheck(args: argparse.Namespace, settings: Settings) -> None:
+    """Fail fast, before Prefect or TensorFlow start, on a missing/empty folder or a missing model."""
+    endpoint = settings.s3_endpoint_url or None
+    if args.inbox:
+        inbox = open_store(settings.inbox_url, endpoint)
+        local = inbox.local_path("")
+        if local is not None and not local.is_dir():
+            raise ScoringError(f"inbox folder {inbox.url} does not exist")
+        return
+    check_source(open_store(args.path, endpoint), marker=settings.ready_marker)
+    resolve_version(open_store(settings.artifacts_url, endpoint), args.model_version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dfd-score", description="Score every image in a folder with the champion deepfake detector."
+    )
+    parser.add_argument("path", nargs="?", help="folder to score: a local path or s3://bucket/prefix")
+    parser.add_argument("--model-version", help="model version to use (default: the champion)")
+    parser.add_argument("--batch-size", type=int, help="images per inference batch (default: 64)")
+    parser.add_argument("--inbox", action="store_true", help="score every ready, not yet scored inbox folder")
+    parser.add_argument("--artifacts", help="artifact store URL (default: ARTIFACTS_URL or ./artifacts)")
+    parser.add_argument("--inbox-url", help="inbox URL for --inbox (default: INBOX_URL or data/inbox)")
+    parser.add_argument("--quiet-seconds", type=float, help="seconds without change that make a folder ready")
+    args = parser.parse_args(argv)
+    if bool(args.path) == bool(args.inbox):
+        parser.error("give either a PATH or --inbox")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        settings = _settings(artifacts_url=args.artifacts, inbox_url=args.inbox_url, quiet_seconds=args.quiet_seconds)
+        _precheck(args, settings)
+    except (ScoringError, RegistryError, StorageError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = score_batch(
+            path=args.path,
+            model_version=args.model_version,
+            batch_size=args.batch_size,
+            inbox=args.inbox,
+            artifacts_url=settings.artifacts_url,
+            inbox_url=settings.inbox_url,
+            quiet_seconds=args.quiet_seconds,
+        )
+    except (ScoringError, RegistryError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the flow already logged the traceback
+        print(f"error: scoring failed: {exc}", file=sys.stderr)
+        return 1
+    summaries = result if isinstance(result, list) else [result]
+    if args.inbox and not summaries:
+        print(f"inbox {settings.inbox_url}: nothing to score")
+    for summary in summaries:
+        print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

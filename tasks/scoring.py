@@ -1,0 +1,99 @@
+"""Prefect tasks of the batch-scoring flow: thin wrappers around :mod:`dfd.scoring` and :mod:`dfd.inbox`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from dfd.inbox import inbox_states
+from dfd.scoring import artifact_key, load_predictor, score_folder
+from dfd.settings import Settings
+from dfd.storage import open_store
+
+
+@task(name="find-ready-batches", cache_policy=NO_CACHE)
+def find_ready_batches(settings: Settings) -> list[dict[str, Any]]:
+    """Every folder of the inbox with its state; ``due`` ones are complete and not yet scored as they are."""
+    logger = get_run_logger()
+    endpoint = settings.s3_endpoint_url or None
+    inbox = open_store(settings.inbox_url, endpoint)
+    artifacts = open_store(settings.artifacts_url, endpoint)
+    states = inbox_states(inbox, artifacts, settings.ready_marker, settings.quiet_seconds, endpoint_url=endpoint)
+    rows = []
+    for st in states:
+        logger.info("inbox folder %s: %s (%d files)%s", st.name, st.reason, st.files, " -> scoring" if st.due else "")
+        rows.append(
+            {
+                "name": st.name,
+                "url": st.url,
+                "batch_id": st.batch_id,
+                "ready": st.ready,
+                "due": st.due,
+                "reason": st.reason,
+                "files": st.files,
+            }
+        )
+    if not states:
+        logger.info("inbox %s has no folders", inbox.url)
+    return rows
+
+
+@task(name="score-folder", cache_policy=NO_CACHE)
+def score_folder_task(
+    source_url: str,
+    settings: Settings,
+    model_version: str | None = None,
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """Load the model (champion by default) and score one folder; returns the summary."""
+    logger = get_run_logger()
+    endpoint = settings.s3_endpoint_url or None
+    artifacts = open_store(settings.artifacts_url, endpoint)
+    predictor, version = load_predictor(artifacts, model_version, settings.work_dir)
+    logger.info(
+        "model %s (threshold %.4g, %d view(s) per image)", version, predictor.threshold, predictor.views_per_image
+    )
+    return score_folder(
+        source_url,
+        artifacts,
+        predictor,
+        version,
+        batch_id=batch_id,
+        inbox_url=settings.inbox_url,
+        batch_size=settings.score_batch_size,
+        marker=settings.ready_marker,
+        max_file_bytes=settings.max_file_bytes,
+        endpoint_url=endpoint,
+        log_fn=logger.info,
+    )
+
+
+@task(name="publish-score-summary", cache_policy=NO_CACHE)
+def publish_summary(summary: dict[str, Any]) -> str:
+    """Publish a batch summary as a Prefect table artifact under the stable key ``score-<batch>``."""
+    key = artifact_key(summary["batch_id"])
+    table = [{"label": label, "files": n} for label, n in summary["counts"].items()]
+    table += [{"label": f"error: {reason}", "files": n} for reason, n in summary["errors_by_reason"].items()]
+    table.append({"label": "total", "files": summary["files"]})
+    res = summary["results"]
+    description = (
+        f"Batch `{summary['batch_id']}` from `{summary['source']}` scored with model "
+        f"`{summary['model_version']}` (threshold {summary['threshold']:.4g}). "
+        f"{summary['scored_this_run']} scored in this run, {summary['reused_this_run']} reused.\n\n"
+        f"Results: `{res['csv']}`, `{res['jsonl']}`; summary: `{res['summary']}`."
+    )
+    create_table_artifact(table=table, key=key, description=description)
+    return key
+
+
+@task(name="publish-inbox-summary", cache_policy=NO_CACHE)
+def publish_inbox_table(rows: list[dict[str, Any]]) -> str:
+    """Publish the inbox poll's folder states as a table artifact (key ``score-inbox``)."""
+    table = [{k: r[k] for k in ("name", "ready", "due", "reason", "files")} for r in rows] or [
+        {"name": "(none)", "ready": False, "due": False, "reason": "inbox has no folders", "files": 0}
+    ]
+    create_table_artifact(table=table, key="score-inbox", description="Inbox folders seen by the last poll.")
+    return "score-inbox"

@@ -1,0 +1,188 @@
+"""The score-batch flow and its command: Prefect artifacts, inbox mode, clear errors, and kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_dataset, png_bytes, publish_tiny_model
+
+from dfd.scoring import artifact_key, batch_id_for, results_prefix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    publish_tiny_model(root)
+    return root
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(ROOT),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        TF_ENABLE_ONEDNN_OPTS="0",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    api = PREFECT_API_URL.value()
+    if api:  # reuse the session's test server instead of starting a temporary one per command
+        env["PREFECT_API_URL"] = api
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.score_batch", *args],
+        cwd=ROOT,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return found
+
+
+def test_flow_scores_a_folder_and_publishes_a_table_artifact(prefect_api, tmp_path, artifacts):
+    from flows.score_batch import score_batch
+
+    folder = make_dataset(tmp_path / "Holiday Photos", per_class=6, size=40)
+    summary = score_batch(path=str(folder), artifacts_url=str(artifacts), batch_size=5)
+    assert summary["files"] == 12 and summary["scored"] == 12 and summary["errors"] == 0
+    assert summary["batch_id"] == batch_id_for(str(folder))
+    csv_path = Path(summary["results"]["csv"])
+    assert csv_path == artifacts / results_prefix(summary["batch_id"]) / "results.csv"
+    assert len(csv_path.read_text().splitlines()) == 13
+
+    key = artifact_key(summary["batch_id"])
+    assert key.startswith("score-holiday-photos-")
+    found = read_artifact(key)
+    assert found, f"no artifact {key}"
+    table = found[0].data if isinstance(found[0].data, list) else json.loads(found[0].data)
+    counts = {row["label"]: row["files"] for row in table}
+    assert counts["total"] == 12 and counts["real"] + counts["deepfake"] == 12
+    assert str(csv_path) in found[0].description
+
+
+def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_path, artifacts):
+    from flows.score_batch import score_batch
+
+    inbox = tmp_path / "inbox"
+    make_dataset(inbox / "ready-marked", per_class=3, size=40)
+    (inbox / "ready-marked" / "_READY").write_text("")
+    make_dataset(inbox / "half-copied", per_class=3, size=40)  # fresh and no marker: not ready
+    make_dataset(inbox / "quiet", per_class=2, size=40)
+    old = time.time() - 3600
+    for p in (inbox / "quiet").rglob("*"):
+        os.utime(p, (old, old))
+    (inbox / "empty").mkdir()
+
+    kw = {"inbox": True, "inbox_url": str(inbox), "artifacts_url": str(artifacts), "quiet_seconds": 600}
+    first = score_batch(**kw)
+    assert sorted(s["batch_id"] for s in first) == ["quiet", "ready-marked"]
+    assert not (artifacts / "scores" / "half-copied").exists()
+    assert read_artifact("score-ready-marked") and read_artifact("score-inbox")
+
+    assert score_batch(**kw) == []  # nothing new: nothing scored
+
+    (inbox / "ready-marked" / "late.png").write_bytes(png_bytes(np.zeros((40, 40, 3), np.uint8)))
+    os.utime(inbox / "ready-marked" / "_READY")
+    (inbox / "half-copied" / "_READY").write_text("")
+    third = {s["batch_id"]: s for s in score_batch(**kw)}
+    assert sorted(third) == ["half-copied", "ready-marked"]
+    assert third["ready-marked"]["scored_this_run"] == 1 and third["ready-marked"]["files"] == 7
+
+
+def test_cli_errors_are_one_line_and_non_zero(tmp_path, artifacts):
+    env = cli_env(ARTIFACTS_URL=str(artifacts))
+    missing = cli(str(tmp_path / "does-not-exist"), env=env)
+    (tmp_path / "empty").mkdir()
+    empty = cli(str(tmp_path / "empty"), env=env)
+    folder = make_dataset(tmp_path / "batch", per_class=2, size=40)
+    (tmp_path / "no-model").mkdir()
+    no_model = cli(str(folder), "--artifacts", str(tmp_path / "no-model"), env=env)
+    both = cli(str(folder), "--inbox", env=env)
+    for proc, text in (
+        (missing, "does not exist"),
+        (empty, "is empty"),
+        (no_model, "no champion model"),
+    ):
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], proc.stderr
+    assert both.returncode == 2 and "either a PATH or --inbox" in both.stderr
+
+
+def test_kill_9_mid_run_then_rerun_finishes_with_one_row_per_file(prefect_api, tmp_path, artifacts):
+    folder = tmp_path / "big batch"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    for i in range(400):
+        img = base.copy()
+        img[i % 32, (i // 32) % 32] = i % 251  # distinct content per file
+        (folder / f"img_{i:04d}.png").write_bytes(png_bytes(img))
+    prefix = artifacts / results_prefix(batch_id_for(str(folder)))
+    chunks = prefix / "ledger"
+    env = cli_env(ARTIFACTS_URL=str(artifacts))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.score_batch", str(folder), "--batch-size", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if chunks.is_dir() and len(list(chunks.glob("*.jsonl"))) >= 3:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9, the whole process group
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (prefix / "summary.json").exists()  # it really died mid-run
+    done_before = sum(len(p.read_text().splitlines()) for p in chunks.glob("*.jsonl"))
+    assert 0 < done_before < 400
+
+    rerun = cli(str(folder), "--batch-size", "16", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "400 files, 400 scored" in rerun.stdout and "results:" in rerun.stdout
+    summary = json.loads((prefix / "summary.json").read_text())
+    assert summary["files"] == 400 and summary["errors"] == 0
+    assert summary["scored_this_run"] <= 400 - done_before  # what finished before the kill is not redone
+    rows = [json.loads(line) for line in (prefix / "results.jsonl").read_text().splitlines()]
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 400
+    assert sorted(paths) == sorted(p.name for p in folder.iterdir())
+    csv_lines = (prefix / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 401
+
+    again = cli(str(folder), env=env)
+    assert again.returncode == 0 and "scored now 0, reused 400" in again.stdout
