@@ -298,12 +298,27 @@ class S3Store(Store):
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
 
     def upload_file(self, local_path: str | Path, key: str) -> None:
-        """Upload a local file; above 16 MB in 8 MB parts, 4 at a time. The object appears only when the
-        whole upload is complete; a failed multipart upload is aborted by boto3."""
+        """Upload a local file: a single PUT below 16 MB; above, 8 MB parts, 4 at a time. Either way the
+        object appears only when the whole upload is complete (a failed multipart upload is aborted)."""
         full = self._key(key)
         local_path = Path(local_path)
+        try:
+            size = local_path.stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot upload {local_path}: {exc.strerror or exc}") from None
         if not local_path.is_file():
             raise StorageError(f"cannot upload {local_path}: not a file")
+        if size < TRANSFER["multipart_threshold"]:
+            # boto3's transfer manager starts and stops a thread pool per call: a plain PUT is ~2x faster
+            # for the many small files of a run, a data set or a batch.
+            def put() -> None:
+                with local_path.open("rb") as fh:
+                    self.client.put_object(Bucket=self.bucket, Key=full, Body=fh)
+                if self.transfer_callback:
+                    self.transfer_callback(size)
+
+            self._call("upload", key, put)
+            return
         self._call(
             "upload",
             key,
@@ -313,20 +328,31 @@ class S3Store(Store):
         )
 
     def download_file(self, key: str, local_path: str | Path) -> Path:
-        """Download to a temporary file beside ``local_path``, then rename: the local file is whole or absent."""
+        """Download to a temporary file beside ``local_path``, then rename: the local file is whole or absent.
+        Small objects come in one streamed GET; large ones in parallel ranged GETs (boto3's transfer)."""
         full = self._key(key)
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=local_path.parent)
         os.close(fd)
-        try:
-            self._call(
-                "download",
-                key,
-                lambda: self.client.download_file(
+
+        def fetch() -> None:
+            resp = self.client.get_object(Bucket=self.bucket, Key=full)
+            body = resp["Body"]
+            if int(resp.get("ContentLength") or 0) >= TRANSFER["multipart_threshold"]:
+                body.close()
+                self.client.download_file(
                     self.bucket, full, tmp, Config=self._transfer, Callback=self.transfer_callback
-                ),
-            )
+                )
+                return
+            with open(tmp, "wb") as out:
+                for block in iter(lambda: body.read(1 << 20), b""):
+                    out.write(block)
+                    if self.transfer_callback:
+                        self.transfer_callback(len(block))
+
+        try:
+            self._call("download", key, fetch)
             os.replace(tmp, local_path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -152,6 +152,11 @@ def test_upload_and_download_a_20_mb_file_in_parts(store, tmp_path):
     out = store.download_file("runs/v1/model.keras", tmp_path / "dl" / "model.keras")
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
     assert [p.name for p in out.parent.iterdir()] == ["model.keras"]  # no temporary left behind
+    for name, data in (("small.json", b'{"a": 1}'), ("empty", b"")):  # small files take a single PUT/GET
+        (tmp_path / name).write_bytes(data)
+        store.upload_file(tmp_path / name, f"runs/v1/{name}")
+        assert store.read_bytes(f"runs/v1/{name}") == data
+        assert store.download_file(f"runs/v1/{name}", tmp_path / "dl2" / name).read_bytes() == data
     with pytest.raises(NotFound):
         store.download_file("runs/v1/missing", tmp_path / "dl" / "missing")
     assert not (tmp_path / "dl" / "missing").exists()
