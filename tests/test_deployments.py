@@ -133,7 +133,20 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def project(server):
+def webhook():
+    """A Slack-style webhook receiver on loopback; the worker's flow runs post to it."""
+    from test_notify import Receiver
+
+    with Receiver() as rx:
+        yield rx
+
+
+def webhook_texts(rx) -> list[str]:
+    return [json.loads(r["body"])["text"] for r in rx.requests]
+
+
+@pytest.fixture(scope="module")
+def project(server, webhook):
     """Tiny labelled data, a tiny inbox (one unreadable file), an empty artifact store; env for the worker."""
     from helpers import make_dataset
 
@@ -159,11 +172,11 @@ def project(server):
         "DFD_EVAL_CROPS": "1",
         "DFD_AUGMENT_PER_IMAGE": "0",
         "DFD_MIN_IMAGES_PER_CLASS": "6",
-        "WEBHOOK_URL": "",
+        "WEBHOOK_URL": webhook.url,
         # configurable schedule: a non-default time zone, the default cron and interval
         "RETRAIN_TIMEZONE": "Europe/Berlin",
     }
-    for var in ("RETRAIN_CRON", "SCORE_INBOX_INTERVAL", "DFD_REPO_DIR", "PYTHONPATH"):
+    for var in ("RETRAIN_CRON", "SCORE_INBOX_INTERVAL", "DFD_REPO_DIR", "PYTHONPATH", "DFD_WEBHOOK_URL"):
         env.pop(var, None)
     return {"root": root, "artifacts": artifacts, "inbox": inbox, "env": env}
 
@@ -268,9 +281,10 @@ def first_retrain(schedules_paused, project, client):
     return {"run": run, "seconds": time.monotonic() - started}
 
 
-def test_retrain_deployment_trains_and_publishes(first_retrain, project, client):
+def test_retrain_deployment_trains_and_publishes(first_retrain, project, client, webhook):
     run = first_retrain["run"]
     assert run.state.is_completed(), (run.state, run_logs(client, run.id)[-3000:])
+    assert not any("retrain" in t for t in webhook_texts(webhook))  # promoted: nothing to report
     assert run.name.startswith("retrain ") and "data=" in run.name
     champion = json.loads((project["artifacts"] / "champion.json").read_text())
     version = champion["version"]
@@ -331,3 +345,20 @@ def test_piled_up_late_runs_collapse_into_one_quick_unchanged_run(first_retrain,
     assert "unchanged" in run_logs(client, run.id)
     assert run.total_run_time.total_seconds() < first_retrain["run"].total_run_time.total_seconds() / 2
     assert sorted(p.name for p in (project["artifacts"] / "runs").iterdir()) == versions_before
+
+
+def test_failed_run_calls_the_webhook_and_leaves_the_champion(first_retrain, schedules_paused, project, client,
+                                                              webhook):
+    champion_before = (project["artifacts"] / "champion.json").read_text()
+    d = schedules_paused[RETRAIN]
+    missing = project["root"] / "no-such-data"
+    run = client.create_flow_run_from_deployment(d.id, parameters={"data_url": str(missing), "force": True})
+    run_worker(project["env"])
+    (run,) = wait_final(client, [run.id])
+    assert run.state.is_failed(), run.state
+    deadline = time.monotonic() + 15  # the on_failure hook runs as the flow run finishes
+    while not any("Failed" in t for t in webhook_texts(webhook)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (text,) = [t for t in webhook_texts(webhook) if "Failed" in t]
+    assert text.startswith(":x: retrain run ") and f"flow_run_id: {run.id}" in text
+    assert (project["artifacts"] / "champion.json").read_text() == champion_before
