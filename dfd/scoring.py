@@ -442,6 +442,7 @@ def stream_scores(
     known: Callable[[str], bool],
     max_bytes: int,
     chunk: int = 8,
+    parallel: int | None = None,
 ) -> Iterator[tuple[list[int], list[int], list[str], list[tuple[float | None, int | None, int | None, str]]]]:
     """Stream ``items`` through read -> hash -> decode -> views (parallel, in tf.data) -> batched inference.
 
@@ -510,7 +511,7 @@ def stream_scores(
         return tuple(out)
 
     ds = tf.data.Dataset.range(len(items)).batch(chunk)
-    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.map(tf_load, num_parallel_calls=parallel or tf.data.AUTOTUNE, deterministic=False)
     ds = ds.unbatch().batch(max(1, int(batch_size))).prefetch(2)
     for idx, views, status, sha, width, height, err in ds.as_numpy_iterator():
         ok = status == OK

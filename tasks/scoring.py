@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from dfd.inbox import inbox_states
 from dfd.scoring import artifact_key, load_predictor, score_folder
 from dfd.settings import Settings
-from dfd.storage import open_store
+from dfd.storage import NotFound, StorageError, open_store
 
 
 @task(name="find-ready-batches", cache_policy=NO_CACHE)
@@ -41,7 +41,13 @@ def find_ready_batches(settings: Settings) -> list[dict[str, Any]]:
     return rows
 
 
-@task(name="score-folder", cache_policy=NO_CACHE)
+def _storage_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only when storage failed (a network blip): the ledger makes the retry resume, not restart."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, StorageError) and not isinstance(exc, NotFound)
+
+
+@task(name="score-folder", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_storage_failure)
 def score_folder_task(
     source_url: str,
     settings: Settings,

@@ -186,3 +186,38 @@ def test_kill_9_mid_run_then_rerun_finishes_with_one_row_per_file(prefect_api, t
 
     again = cli(str(folder), env=env)
     assert again.returncode == 0 and "scored now 0, reused 400" in again.stdout
+
+
+def test_console_script_is_declared_and_runs():
+    """``dfd-score`` is the same entry point as ``python -m flows.score_batch`` (pyproject's scripts)."""
+    import shutil
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["dfd-score"] == "flows.score_batch:main"
+    exe = shutil.which("dfd-score") or shutil.which("dfd-score", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("the package is not installed (pip install -e .), so there is no dfd-score on PATH")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert out.returncode == 0 and "--inbox" in out.stdout and "--model-version" in out.stdout
+
+
+def test_a_storage_blip_is_retried_and_the_retry_resumes(prefect_api, tmp_path, artifacts, monkeypatch):
+    from dfd.storage import LocalStore, StorageError
+    from flows.score_batch import score_batch
+
+    folder = make_dataset(tmp_path / "blip", per_class=6, size=40)
+    real_write = LocalStore.write_bytes
+    failed = []
+
+    def flaky_write(self, key, data):
+        if "/ledger/" in key and len(failed) == 0 and key.endswith("-000002.jsonl"):
+            failed.append(key)
+            raise StorageError(f"connection to S3 endpoint failed during write of {key}")
+        return real_write(self, key, data)
+
+    monkeypatch.setattr(LocalStore, "write_bytes", flaky_write)
+    summary = score_batch(path=str(folder), artifacts_url=str(artifacts), batch_size=4)
+    assert failed, "the blip was not injected"
+    assert summary["files"] == 12 and summary["errors"] == 0
+    assert summary["scored_this_run"] == 12 - 4  # the retry kept the first batch's ledger chunk
