@@ -23,12 +23,13 @@ Batch id: a folder directly inside the inbox keeps its own name when that name i
 same id, and two folders with the same name in different places do not collide.
 
 Idempotent and resumable: the ledger is keyed by (sha256, model_version). It is written as one small
-object per finished inference batch (atomically), so a run killed at any moment loses at most the batch in
-flight; the next run reads the ledger, scores only what is missing and rebuilds the results from the ledger
-and a fresh scan (exactly one row per file present). A file whose path, size and modification time match a
-ledger line is not even re-read; a file whose content changed is re-hashed and rescored. Files that could
-not be *read* (permissions, special files, storage errors) are not recorded, so they are retried each run.
-Inputs are only ever read.
+object (atomically) about every second with the files finished since, so a run killed at any moment loses
+at most that second of work; the next run reads the ledger, scores only what is missing and rebuilds the
+results from the ledger and a fresh scan (exactly one row per file present). A file whose path, size and
+modification time match a ledger line is not even re-read; a file whose content changed is re-hashed and
+rescored. Files that could not be *read* (permissions, special files, storage errors) are not recorded, so
+they are retried each run. If the input store itself fails (its listing fails after read errors), the run
+fails and publishes nothing rather than a batch of "unreadable" rows. Inputs are only ever read.
 """
 
 from __future__ import annotations
@@ -569,12 +570,14 @@ def score_folder(
     endpoint_url: str | None = None,
     log_fn: Callable[[str], None] | None = None,
     progress_every: float = 5.0,
+    flush_seconds: float = 1.0,
     scan: Scan | None = None,
 ) -> dict[str, Any]:
     """Score every file under ``source`` with ``predictor`` and write the results; returns the summary.
 
-    Raises :class:`ScoringError` for a missing or empty folder. Bad files never raise: they get a row
-    with an error.
+    Finished files go to the ledger as one atomic chunk at most every ``flush_seconds`` (0: after every
+    batch), so a killed run loses at most that much work. Raises :class:`ScoringError` for a missing or
+    empty folder. Bad files never raise: they get a row with an error.
     """
     say = log_fn or log.info
     src = source if isinstance(source, Store) else open_store(source, endpoint_url)
@@ -605,11 +608,12 @@ def score_folder(
     read_errors: dict[str, str] = {}
     inferred = reused = 0
     progress = Progress(total=len(pending))
+    unflushed: list[dict[str, Any]] = []
+    last_flush = time.monotonic()
     if pending:
         todo = [items[i] for i in pending]
         for idx, status, shas, results in stream_scores(src, todo, predictor, batch_size, ledger.has, max_file_bytes):
             now = _now()
-            records = []
             for j, st, sha, (score, width, height, err) in zip(idx, status, shas, results, strict=True):
                 obj = todo[j]
                 if st == READ_ERROR:
@@ -622,12 +626,15 @@ def score_folder(
                 else:
                     entry = Entry(score, width, height, err, now)
                     inferred += st == OK
-                records.append(ledger.record(obj, sha, entry))
-            ledger.append(records)
+                unflushed.append(ledger.record(obj, sha, entry))
+            if time.monotonic() - last_flush >= flush_seconds:
+                ledger.append(unflushed)
+                unflushed, last_flush = [], time.monotonic()
             progress.done += len(idx)
             if time.monotonic() - progress.last_log >= progress_every:
                 progress.last_log = time.monotonic()
                 say(f"scored {progress.line()}")
+        ledger.append(unflushed)
         say(f"scored {progress.line()}")
     process_s = time.monotonic() - progress.started
     if read_errors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -74,7 +75,18 @@ def score_folder_task(
         max_file_bytes=settings.max_file_bytes,
         endpoint_url=endpoint,
         log_fn=logger.info,
+        flush_seconds=_flush_seconds(),
     )
+
+
+def _flush_seconds() -> float:
+    """How much work (seconds) a killed run may lose: ``DFD_LEDGER_FLUSH_SECONDS``, default 1; 0 writes a
+    ledger chunk after every inference batch (slower on small images: one fsync per batch)."""
+    raw = os.environ.get("DFD_LEDGER_FLUSH_SECONDS", "")
+    try:
+        return max(0.0, float(raw)) if raw.strip() else 1.0
+    except ValueError:
+        raise StorageError(f"DFD_LEDGER_FLUSH_SECONDS must be a number of seconds, not {raw!r}") from None
 
 
 @task(name="publish-score-summary", cache_policy=NO_CACHE)

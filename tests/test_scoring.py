@@ -61,6 +61,7 @@ def predictor(artifacts):
 def run(folder: Path, artifacts: Path, predictor, **kw) -> dict:
     kw.setdefault("batch_size", 7)
     kw.setdefault("progress_every", 0.0)
+    kw.setdefault("flush_seconds", 0.0)  # a ledger chunk after every batch
     return score_folder(str(folder), str(artifacts), predictor, VERSION5, **kw)
 
 
