@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from dfd.notify import flow_failure_hook, notify
 from dfd.registry import RegistryError, resolve_version
 from dfd.scoring import ScoringError, check_source, format_summary
 from dfd.settings import Settings, SettingsError
@@ -39,7 +40,16 @@ def _settings(**overrides: Any) -> Settings:
     return Settings.from_env(**overrides)
 
 
-@flow(name="score-batch", flow_run_name=_run_name)
+def _notify_unreadable(settings: Settings, summary: dict[str, Any]) -> None:
+    """Tell the webhook (off unless configured) that a batch held files that could not be read."""
+    errors = summary.get("counts", {}).get("error", 0)
+    if errors:
+        notify(settings.webhook_url,
+               f"score-batch: {errors} file(s) of batch {summary['batch_id']} could not be read",
+               source=summary.get("source"), reasons=summary.get("errors_by_reason"))
+
+
+@flow(name="score-batch", flow_run_name=_run_name, on_failure=[flow_failure_hook], on_crashed=[flow_failure_hook])
 def score_batch(
     path: str | None = None,
     model_version: str | None = None,
@@ -66,6 +76,7 @@ def score_batch(
             raise ScoringError("no folder to score: give a path, or inbox=True")
         summary = score_folder_task(path, settings, model_version)
         publish_summary(summary)
+        _notify_unreadable(settings, summary)
         logger.info("%s", format_summary(summary))
         return summary
 
@@ -83,6 +94,7 @@ def score_batch(
                 break  # no model: every other folder would fail the same way
             continue
         publish_summary(summary)
+        _notify_unreadable(settings, summary)
         logger.info("%s", format_summary(summary))
         summaries.append(summary)
     if not any(r["due"] for r in rows):

@@ -304,7 +304,8 @@ def test_retrain_deployment_trains_and_publishes(first_retrain, project, client,
     assert "roc.png" in str(plots.data)
 
 
-def test_score_inbox_deployment_scores_the_ready_folder(first_retrain, schedules_paused, project, client):
+def test_score_inbox_deployment_scores_the_ready_folder(first_retrain, schedules_paused, project, client,
+                                                        webhook):
     d = schedules_paused[SCORE]
     run = client.create_flow_run_from_deployment(d.id)
     run_worker(project["env"])
@@ -318,6 +319,10 @@ def test_score_inbox_deployment_scores_the_ready_folder(first_retrain, schedules
     assert summary["counts"]["real"] + summary["counts"]["deepfake"] == 4
     rows = [json.loads(line) for line in (summary_file.parent / "results.jsonl").read_text().splitlines()]
     assert sorted(r["path"] for r in rows if r["error"]) == ["broken.png"]
+    # the webhook heard about the unreadable file
+    (text,) = [t for t in webhook_texts(webhook) if t.startswith("score-batch:")]
+    assert f"1 file(s) of batch {summary['batch_id']} could not be read" in text
+    assert str(project["inbox"] / "batch-001") in text
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     keys = {a.key for a in client.read_artifacts(
