@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -431,10 +430,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def stream_scores(
     store: Store,
     items: list[ObjectInfo],
@@ -801,8 +796,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"           {summary['results']['jsonl']}")
     lines.append(f"           {summary['results']['summary']}")
     return "\n".join(lines)
-
-
-def read_results_csv(data: bytes) -> list[dict[str, str]]:
-    """Parse a results.csv (used by tests and tools)."""
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
