@@ -28,14 +28,15 @@ CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 
-ARCHITECTURES = ("patchnet", "seed-cnn")
+ARCHITECTURES = ("patchnet", "seed-cnn", "efficientnet-b0")
 
 
-def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5) -> InputSpec:
-    """How images are cut for ``arch``: seed-cnn resizes to 64 x 64; the others use native-resolution crops."""
+def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5, face_crop: bool = False) -> InputSpec:
+    """How images are cut for ``arch``: seed-cnn resizes to 64 x 64; the others use native-resolution crops.
+    With ``face_crop`` the views are cut from the largest detected face (see :mod:`dfd.faces`)."""
     if arch == "seed-cnn":
-        return make_spec("resize", 64, 1)
-    return make_spec("crop", crop_size, eval_crops)
+        return make_spec("resize", 64, 1, face_crop=face_crop)
+    return make_spec("crop", crop_size, eval_crops, face_crop=face_crop)
 
 
 def build_model(
@@ -46,8 +47,10 @@ def build_model(
     dropout: float = 0.3,
     learning_rate: float = 2e-3,
     seed: int = 42,
+    weights_path: str = "",
 ) -> keras.Model:
-    """Build and compile a detector. ``width`` scales the number of filters (patchnet only)."""
+    """Build and compile a detector. ``width`` scales the number of filters (patchnet only);
+    ``weights_path`` is an optional backbone weights file (efficientnet-b0 only, no-top weights)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(input_size, input_size, 3), name="pixels")
     if arch == "seed-cnn":
@@ -60,6 +63,8 @@ def build_model(
         x = layers.Dropout(0.5)(x)
     elif arch == "patchnet":
         x = _patchnet_body(inputs, width, dropout)
+    elif arch == "efficientnet-b0":
+        x = _efficientnet_body(inputs, dropout, weights_path)
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     outputs = layers.Dense(1, activation="sigmoid", name="p_fake", dtype="float32")(x)
@@ -94,6 +99,19 @@ def _patchnet_body(inputs: Any, width: int, dropout: float) -> Any:
     x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
     x = layers.Dropout(dropout)(x)
     return x
+
+
+def _efficientnet_body(inputs: Any, dropout: float, weights_path: str = "") -> Any:
+    """EfficientNet-B0 (keras.applications) on native-resolution crops, average-pooled.
+
+    The backbone holds its own pixel scaling and normalisation (0..255 in). Without ``weights_path`` it
+    starts from random weights: nothing is downloaded. A user-supplied ImageNet "notop" weights file makes
+    it a fine-tuned pretrained model, usually the stronger choice on faces. Crops must be at least 32 px.
+    """
+    backbone = keras.applications.EfficientNetB0(
+        include_top=False, weights=weights_path or None, input_shape=tuple(inputs.shape[1:]), pooling="avg")
+    x = backbone(inputs)
+    return layers.Dropout(dropout)(x)
 
 
 def _init_highpass(model: keras.Model) -> None:

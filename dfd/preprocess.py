@@ -8,7 +8,9 @@ The model itself holds the pixel scaling; this module only chooses *which* pixel
   scoring averages the model's output over K fixed crops (centre, then the four corners).
 * ``{"mode": "resize", "size": S, "crops": 1}``: the whole image resized to S x S (the seed's baseline).
 
-Images smaller than S are padded by mirroring, not up-scaled.
+Images smaller than S are padded by mirroring, not up-scaled. With ``"face_crop": true`` in the spec, views
+are cut from the largest face found in the image (with a margin; the whole image when none is found), so
+training, scoring and the viewer all see the same region.
 """
 
 from __future__ import annotations
@@ -21,14 +23,26 @@ from PIL import Image
 InputSpec = dict[str, Any]
 
 
-def make_spec(mode: str, size: int, crops: int = 1) -> InputSpec:
+def make_spec(mode: str, size: int, crops: int = 1, face_crop: bool = False) -> InputSpec:
     if mode not in ("crop", "resize"):
         raise ValueError(f"unknown preprocessing mode {mode!r}")
     if mode == "resize":
         crops = 1
     if crops not in (1, 5, 9):
         raise ValueError("crops must be 1, 5 or 9")
-    return {"mode": mode, "size": int(size), "crops": int(crops)}
+    spec: InputSpec = {"mode": mode, "size": int(size), "crops": int(crops)}
+    if face_crop:
+        spec["face_crop"] = True
+    return spec
+
+
+def _region(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The part of the image views are cut from: the largest face when the spec asks for it, else all."""
+    if spec.get("face_crop"):
+        from dfd.faces import crop_face
+
+        return crop_face(pixels)
+    return pixels
 
 
 def _pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -54,6 +68,7 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
 def eval_views(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Fixed views of one image for scoring: an array of shape (K, S, S, 3), uint8."""
     size = int(spec["size"])
+    pixels = _region(pixels, spec)
     if spec["mode"] == "resize":
         return _resize(pixels, size)[None]
     pixels = _pad_to(pixels, size)
@@ -72,6 +87,7 @@ def eval_views(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 def train_view(pixels: np.ndarray, spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
     """One random view for training: a random crop (or the resize) and a random horizontal flip."""
     size = int(spec["size"])
+    pixels = _region(pixels, spec)
     if spec["mode"] == "resize":
         view = _resize(pixels, size)
     else:

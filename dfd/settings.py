@@ -55,6 +55,9 @@ class Settings:
     augment_shift: float = 0.05
     augment_zoom: float = 0.1
     augment_flip: bool = True
+    # Synthetic fakes made from training reals (self-blending / up-sampling traces): the share of training
+    # real images that also yield one synthetic fake, written to synthetic_url df/ (0 = off).
+    synthetic_fakes: float = 0.0
 
     # Model and training.
     arch: str = "patchnet"
@@ -66,6 +69,12 @@ class Settings:
     learning_rate: float = 2e-3
     patience: int = 4
     width: int = 32
+    # Robustness augmentation: probability of each degradation (downscale, colour, blur, JPEG); 0 = off.
+    robust_aug: float = 0.0
+    # Crop to the largest detected face (OpenCV Haar cascade) before cutting views; whole image if none.
+    face_crop: bool = False
+    # Optional pretrained weights file for the efficientnet-b0 backbone (empty = random initialisation).
+    weights_path: str = ""
 
     # Promotion: the candidate must not be worse than the champion by more than this AUC on the same images.
     promotion_tolerance: float = 0.005
@@ -121,6 +130,10 @@ class Settings:
             raise SettingsError("augment_per_image must be >= 0")
         if self.crop_size and self.crop_size < 16:
             raise SettingsError("crop_size must be 0 (auto) or at least 16")
+        if not 0 <= self.robust_aug <= 1:
+            raise SettingsError("robust_aug must be a probability between 0 and 1")
+        if not 0 <= self.synthetic_fakes <= 1:
+            raise SettingsError("synthetic_fakes must be between 0 and 1")
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict, without anything that could be a secret."""

@@ -18,7 +18,8 @@ import numpy as np
 
 from dfd.imageio import decode_image
 from dfd.model import build_model, keras
-from dfd.preprocess import InputSpec, center_view, train_view
+from dfd.preprocess import InputSpec, center_view
+from dfd.robust import robust_train_view
 from dfd.storage import Store
 
 Log = Callable[[str], None]
@@ -34,7 +35,7 @@ class Entry:
 
 
 def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec, batch_size: int,
-             training: bool, seed: int, max_pixels: int):
+             training: bool, seed: int, max_pixels: int, robust_aug: float = 0.0):
     import tensorflow as tf
 
     size = int(spec["size"])
@@ -46,7 +47,7 @@ def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec,
         i = int(i)
         pixels = decode_image(stores[store_idx[i]].read_bytes(str(keys[i])), max_pixels).pixels
         if training:
-            view = train_view(pixels, spec, np.random.default_rng(int(sample_seed)))
+            view = robust_train_view(pixels, spec, np.random.default_rng(int(sample_seed)), robust_aug)
         else:
             view = center_view(pixels, spec)
         return view.astype(np.float32), ys[i]
@@ -103,17 +104,21 @@ def train(
     max_pixels: int,
     work_dir: str | Path,
     log: Log = print,
+    robust_aug: float = 0.0,
+    weights_path: str = "",
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
     """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
 
     ``work_dir`` holds the per-epoch backup; it is keyed by the caller (data + settings), so rerunning the
     same training after a crash resumes from the last finished epoch. It is removed after success.
+    ``robust_aug`` is the probability of each training-time degradation (see :mod:`dfd.robust`).
     """
     keras.utils.set_random_seed(seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(arch, int(spec["size"]), width=width, learning_rate=learning_rate, seed=seed)
-    train_ds = _dataset(train_entries, stores, spec, batch_size, True, seed, max_pixels)
+    model = build_model(arch, int(spec["size"]), width=width, learning_rate=learning_rate, seed=seed,
+                        weights_path=weights_path)
+    train_ds = _dataset(train_entries, stores, spec, batch_size, True, seed, max_pixels, robust_aug)
     val_ds = _dataset(val_entries, stores, spec, batch_size, False, seed, max_pixels)
     history_csv = work_dir / "history.csv"
     callbacks = [

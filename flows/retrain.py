@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfd-retrain", description="Retrain the deepfake detector once.")
     parser.add_argument("--data", dest="data_url", help="labelled data root with real/ and df/ (or s3://...)")
     parser.add_argument("--artifacts", dest="artifacts_url", help="artifact store (folder or s3://...)")
-    parser.add_argument("--arch", choices=["patchnet", "seed-cnn"])
+    parser.add_argument("--arch", choices=["patchnet", "seed-cnn", "efficientnet-b0"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--crop-size", type=int)

@@ -13,7 +13,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from dfd import augment, data, evaluate, plots, registry
+from dfd import augment, data, evaluate, plots, registry, synthfake
 from dfd.demo import DEMO_NOTE
 from dfd.settings import Settings
 from dfd.storage import Conflict, open_store
@@ -101,6 +101,12 @@ def augment_data(s: S, validated: S) -> S:
     synthetic, written = augment.augment_training_split(
         items, data_store, synth_store, params, settings.max_image_pixels,
         progress=lambda i, n: log.info("augmented %d/%d training images", i, n))
+    if settings.synthetic_fakes > 0:
+        fakes, fakes_written = synthfake.synthesize_fakes(
+            items, data_store, synth_store, settings.synthetic_fakes, settings.seed, settings.max_image_pixels,
+            progress=lambda i, n: log.info("synthesised %d/%d fakes from training reals", i, n))
+        log.info("synthetic fakes from training reals: %d in use, %d newly written", len(fakes), fakes_written)
+        synthetic, written = synthetic + fakes, written + fakes_written
     path = Path(validated["run_dir"]) / "synthetic_manifest.csv"
     data.write_manifest(synthetic, path)
     log.info("synthetic copies: %d in use, %d newly written to %s", len(synthetic), written, synth_store.url)
@@ -126,9 +132,11 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
     # Several crops only pay off when images are clearly larger than one crop.
     sides = validated["min_sides"]
     big = bool(sides) and float(np.median(sides)) >= 1.25 * crop
-    spec = input_spec_for(settings.arch, crop, settings.eval_crops if big else 1)
+    spec = input_spec_for(settings.arch, crop, settings.eval_crops if big else 1, face_crop=settings.face_crop)
     config = {k: s[k] for k in ("arch", "epochs", "batch_size", "learning_rate", "width", "seed",
                                 "augment_per_image", "patience")}
+    # Options that are off by default join the key (and the metadata) only when used, so existing keys hold.
+    config.update({k: s[k] for k in ("robust_aug", "synthetic_fakes", "weights_path") if s.get(k)})
     key = training_key(validated["fingerprint"], {**config, "spec": spec})
     log.info("training %s on %d images (%d synthetic), validating on %d; input %s",
              settings.arch, len(train_entries), len(synth), len(val_entries), spec)
@@ -137,6 +145,7 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
         batch_size=settings.batch_size, learning_rate=settings.learning_rate, width=settings.width,
         patience=settings.patience, seed=settings.seed, max_pixels=settings.max_image_pixels,
         work_dir=Path(settings.work_dir).resolve() / "train" / key, log=log.info,
+        robust_aug=settings.robust_aug, weights_path=settings.weights_path,
     )
     metadata = {
         "version": validated["version"],

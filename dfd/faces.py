@@ -1,0 +1,63 @@
+"""Face-aware preprocessing: find the largest frontal face and crop to it with a margin.
+
+Face-swap traces live on and around the face; the background is noise to a detector trained on faces.
+OpenCV's bundled Haar cascade (``haarcascade_frontalface_default.xml``, shipped inside
+opencv-python-headless) finds faces without any download. Detection runs on a copy shrunk to at most
+``DETECT_SIDE`` pixels for speed; the crop is taken from the full-resolution pixels so native-resolution
+traces survive. When no face is found the whole image is returned, so a face-less image is still scored.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+MARGIN = 0.3  # of the face box's size, added on each side
+DETECT_SIDE = 512
+MIN_FACE_FRACTION = 0.1  # smallest face searched for, as a fraction of the image's shorter side
+
+
+@lru_cache(maxsize=1)
+def _cascade():
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    if cascade.empty():
+        raise RuntimeError("OpenCV's frontal-face Haar cascade could not be loaded")
+    return cascade
+
+
+def detect_faces(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Face boxes ``(x, y, w, h)`` in ``pixels``' coordinates, largest first."""
+    import cv2
+
+    h, w = pixels.shape[:2]
+    scale = min(1.0, DETECT_SIDE / max(h, w))
+    grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    smallest = max(20, int(MIN_FACE_FRACTION * min(grey.shape)))
+    found = _cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
+    boxes = [tuple(int(round(v / scale)) for v in box) for box in (found if len(found) else [])]
+    return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
+
+
+def face_box(pixels: np.ndarray, margin: float = MARGIN) -> tuple[int, int, int, int] | None:
+    """The crop ``(x0, y0, x1, y1)`` around the largest face plus ``margin``, clipped to the image."""
+    boxes = detect_faces(pixels)
+    if not boxes:
+        return None
+    x, y, w, h = boxes[0]
+    H, W = pixels.shape[:2]
+    mx, my = int(w * margin), int(h * margin)
+    return max(0, x - mx), max(0, y - my), min(W, x + w + mx), min(H, y + h + my)
+
+
+def crop_face(pixels: np.ndarray, margin: float = MARGIN) -> np.ndarray:
+    """The largest face with a margin, or the whole image when no face is found."""
+    box = face_box(pixels, margin)
+    if box is None:
+        return pixels
+    x0, y0, x1, y1 = box
+    return np.ascontiguousarray(pixels[y0:y1, x0:x1])

@@ -1,0 +1,136 @@
+"""Synthetic fakes made from real training images only (optional part of the augment stage).
+
+Two processes, chosen at random per image, leave the generic traces a manipulation leaves, without any
+generator:
+
+* **self-blending**: a region of the real image is replaced by a colour-, sharpness- and scale-perturbed copy
+  of *itself* through a soft, randomly deformed elliptical mask, as a face swap blends a new face in (the
+  blend boundary and the statistics mismatch are what a detector should learn, not a generator's style);
+* **up-sampling artifacts**: :func:`dfd.demo.upsampling_fake` (down-sample by 2, up-sample through a
+  nearest-neighbour or transposed-convolution-like kernel, blend back).
+
+Only the *training* split's real images are used, so nothing leaks into validation or test. Which reals are
+used and every random draw come from a hash of (seed, image content, settings), and the file name carries
+the hash, so the output is deterministic and a rerun writes nothing. Files are PNG under ``df/`` of the
+synthetic store, next to the augment stage's copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from dfd.data import Item
+from dfd.demo import upsampling_fake
+from dfd.imageio import decode_image
+from dfd.storage import Store
+
+VERSION = "sf1"  # bump when the process changes, so old files are not reused
+
+
+def _blend_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A soft mask in [0, 1]: a random ellipse, deformed by a smooth random displacement, then blurred."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+    ry, rx = rng.uniform(0.2, 0.4) * h, rng.uniform(0.2, 0.4) * w
+    mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0).astype(np.float64)
+    strength = rng.uniform(0.03, 0.08) * min(h, w)
+    smooth = max(2.0, min(h, w) / 8)
+    dy = gaussian_filter(rng.normal(size=(h, w)), smooth)
+    dx = gaussian_filter(rng.normal(size=(h, w)), smooth)
+    dy *= strength / (np.abs(dy).max() + 1e-9)
+    dx *= strength / (np.abs(dx).max() + 1e-9)
+    mask = map_coordinates(mask, [yy + dy, xx + dx], order=1, mode="nearest")
+    mask = gaussian_filter(mask, rng.uniform(1.0, max(1.5, min(h, w) / 20)))
+    mask = mask / (mask.max() + 1e-9)
+    return np.clip(mask * rng.choice([1.0, rng.uniform(0.5, 1.0)]), 0, 1)
+
+
+def _perturbed_source(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of ``pixels`` with shifted colour, changed sharpness and slightly changed scale."""
+    h, w = pixels.shape[:2]
+    img = Image.fromarray(pixels)
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.5, 1.5)))
+    else:
+        img = img.filter(ImageFilter.UnsharpMask(radius=2, percent=int(rng.integers(50, 150)), threshold=2))
+    scale = rng.uniform(0.9, 1.1)
+    sw, sh = max(w, round(w * scale)), max(h, round(h * scale))
+    if scale < 1:  # shrink and enlarge back: softer, resampled detail
+        img = img.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.Resampling.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    elif (sw, sh) != (w, h):  # enlarge and keep the centre: the content is slightly larger
+        img = img.resize((sw, sh), Image.Resampling.BILINEAR)
+        y0, x0 = (sh - h) // 2, (sw - w) // 2
+        img = img.crop((x0, y0, x0 + w, y0 + h))
+    out = np.asarray(img).astype(np.float64)
+    gain = rng.uniform(0.9, 1.1, size=3)
+    offset = rng.uniform(-10, 10, size=3)
+    return out * gain + offset
+
+
+def self_blend(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blend a perturbed copy of ``pixels`` into itself through a soft deformed mask (same shape, uint8)."""
+    h, w = pixels.shape[:2]
+    source = _perturbed_source(pixels, rng)
+    mask = _blend_mask(h, w, rng)[..., None]
+    out = mask * source + (1 - mask) * pixels.astype(np.float64)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def synthetic_fake(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One synthetic fake of a real image: self-blending or up-sampling traces, half the time each."""
+    if rng.random() < 0.5:
+        return self_blend(pixels, rng)
+    return upsampling_fake(pixels, rng)
+
+
+def _digest(seed: int, sha256: str) -> bytes:
+    return hashlib.sha256(f"{VERSION}:{seed}:{sha256}".encode()).digest()
+
+
+def chosen_reals(items: list[Item], share: float, seed: int) -> list[Item]:
+    """The training reals that yield a fake: ``round(share * n)`` of them, picked by hash (deterministic)."""
+    reals = [it for it in items if it.split == "train" and it.y == 0]
+    n = min(len(reals), round(share * len(reals)))
+    return sorted(reals, key=lambda it: _digest(seed, it.sha256))[:n]
+
+
+def fake_key(item: Item, seed: int) -> str:
+    return f"df/synth-{item.sha256[:16]}-{_digest(seed, item.sha256).hex()[:8]}.png"
+
+
+def synthesize_fakes(
+    items: list[Item],
+    source: Store,
+    target: Store,
+    share: float,
+    seed: int,
+    max_pixels: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Item], int]:
+    """Write one synthetic fake for ``share`` of the training reals. Returns (fake items, files written)."""
+    if share <= 0:
+        return [], 0
+    chosen = chosen_reals(items, share, seed)
+    fakes: list[Item] = []
+    written = 0
+    for n, item in enumerate(chosen, 1):
+        key = fake_key(item, seed)
+        if not target.exists(key):
+            pixels = decode_image(source.read_bytes(item.key), max_pixels).pixels
+            rng = np.random.default_rng(int.from_bytes(_digest(seed, item.sha256)[:8], "little"))
+            buf = io.BytesIO()
+            Image.fromarray(synthetic_fake(pixels, rng)).save(buf, format="PNG")
+            target.write_bytes(key, buf.getvalue())
+            written += 1
+        fakes.append(Item(key=key, label="df", sha256="", phash=0, width=item.width, height=item.height,
+                          bytes=0, group=item.group, split="train"))
+        if progress and (n % 200 == 0 or n == len(chosen)):
+            progress(n, len(chosen))
+    return fakes, written
