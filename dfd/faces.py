@@ -9,22 +9,28 @@ traces survive. When no face is found the whole image is returned, so a face-les
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 
 import numpy as np
 
 MARGIN = 0.3  # of the face box's size, added on each side
 DETECT_SIDE = 512
 MIN_FACE_FRACTION = 0.1  # smallest face searched for, as a fraction of the image's shorter side
+MIN_SIDE = 32  # the cascade's window is 24 x 24; smaller images are returned whole
+
+_local = threading.local()
 
 
-@lru_cache(maxsize=1)
 def _cascade():
-    import cv2
+    """One classifier per thread: the tf.data pipeline and the scorer call this from several threads."""
+    cascade = getattr(_local, "cascade", None)
+    if cascade is None:
+        import cv2
 
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    if cascade.empty():
-        raise RuntimeError("OpenCV's frontal-face Haar cascade could not be loaded")
+        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        if cascade.empty():
+            raise RuntimeError("OpenCV's frontal-face Haar cascade could not be loaded")
+        _local.cascade = cascade
     return cascade
 
 
@@ -33,11 +39,13 @@ def detect_faces(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
     import cv2
 
     h, w = pixels.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        return []
     scale = min(1.0, DETECT_SIDE / max(h, w))
     grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
     if scale < 1.0:
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    smallest = max(20, int(MIN_FACE_FRACTION * min(grey.shape)))
+    smallest = max(24, int(MIN_FACE_FRACTION * min(grey.shape)))
     found = _cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
     boxes = [tuple(int(round(v / scale)) for v in box) for box in (found if len(found) else [])]
     return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))

@@ -153,3 +153,9 @@ def test_efficientnet_b0_builds_and_runs_without_downloads():
     out = np.asarray(model(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)))
     assert out.shape == (2, 1) and np.all((out >= 0) & (out <= 1))
     assert input_spec_for("efficientnet-b0", 64)["mode"] == "crop"
+
+
+def test_face_detection_leaves_tiny_images_whole():
+    for side in (8, 24, 31, 40):
+        img = _photo(side, side)
+        assert faces.crop_face(img) is img
