@@ -159,3 +159,17 @@ def test_face_detection_leaves_tiny_images_whole():
     for side in (8, 24, 31, 40):
         img = _photo(side, side)
         assert faces.crop_face(img) is img
+
+
+def test_efficientnet_b0_loads_a_user_weights_file(tmp_path: Path):
+    import keras
+
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                                 pooling="avg")
+    marked = [w + 0.01 if w.dtype.kind == "f" else w for w in backbone.get_weights()]
+    backbone.set_weights(marked)
+    path = tmp_path / "b0_notop.weights.h5"
+    backbone.save_weights(path)
+    model = build_model("efficientnet-b0", 32, weights_path=str(path))
+    loaded = next(layer for layer in model.layers if layer.name.startswith("efficientnet"))
+    assert all(np.allclose(a, b) for a, b in zip(loaded.get_weights(), marked, strict=True))
