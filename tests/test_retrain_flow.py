@@ -138,14 +138,18 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
     script = TRAIN_SCRIPT.format(tests=str(ROOT / "tests"), data=str(data_root), work=str(work), epochs=200)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL)
     marker = work / "backup" / "training_metadata.json"
+    history_csv = work / "history.csv"
+
+    def epochs_logged() -> int:
+        return len(history_csv.read_text().strip().splitlines()) - 1 if history_csv.exists() else 0
+
     deadline = time.time() + 240
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+    while not (marker.exists() and epochs_logged() >= 1) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert marker.exists(), "training never checkpointed"
-    time.sleep(1.0)
+    assert marker.exists() and epochs_logged() >= 1, "training never checkpointed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len((work / "history.csv").read_text().strip().splitlines()) - 1
+    done_before = epochs_logged()
     assert done_before >= 1
 
     from dfd.preprocess import make_spec
