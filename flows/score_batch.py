@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -29,11 +30,13 @@ from tasks.scoring import find_ready_batches, publish_inbox_table, publish_summa
 
 
 def _run_name() -> str:
+    """A readable run name for Prefect's UI, e.g. ``score inbox 2026-11-24 02:05``."""
     params = flow_run.parameters or {}
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     if params.get("inbox"):
-        return "score inbox"
+        return f"score inbox {when}"
     path = str(params.get("path") or "?").rstrip("/")
-    return f"score {path.rsplit('/', 1)[-1] or path}"
+    return f"score {path.rsplit('/', 1)[-1] or path} {when}"
 
 
 def _settings(**overrides: Any) -> Settings:
