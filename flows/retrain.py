@@ -68,6 +68,9 @@ def retrain(
     augment_per_image: int | None = None,
     min_images_per_class: int | None = None,
     seed: int | None = None,
+    robust_aug: float | None = None,
+    synthetic_fakes: float | None = None,
+    face_crop: bool | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Retrain on the labelled data and promote the result if it is not worse than the champion.
@@ -82,6 +85,7 @@ def retrain(
         data_url=data_url, artifacts_url=artifacts_url, synthetic_url=synthetic_url, arch=arch, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, crop_size=crop_size,
         augment_per_image=augment_per_image, min_images_per_class=min_images_per_class, seed=seed,
+        robust_aug=robust_aug, synthetic_fakes=synthetic_fakes, face_crop=face_crop,
     )
     s = settings.public_dict()
     s["webhook_url"] = settings.webhook_url
@@ -169,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-size", type=int)
     parser.add_argument("--augment-per-image", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--robust-aug", type=float, help="probability of each training-time degradation (0 = off)")
+    parser.add_argument("--synthetic-fakes", type=float,
+                        help="share of training reals that also yield a synthetic fake (0 = off)")
+    parser.add_argument("--face-crop", action="store_true", default=None,
+                        help="cut the model's views from the largest detected face")
     parser.add_argument("--force", action="store_true", help="retrain even if the data is unchanged")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not generate the demo data set when the default data folder is empty")
