@@ -188,11 +188,11 @@ class CrashingPredictor:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def calibrate(self, view_probs):
+    def score_views(self, views):
         if self.n == 0:
             raise Boom("simulated crash")
         self.n -= 1
-        return self.inner.calibrate(view_probs)
+        return self.inner.score_views(views)
 
 
 def test_crash_mid_run_then_rerun_completes_without_duplicates(tmp_path, artifacts, predictor):
