@@ -50,7 +50,7 @@ class Settings:
     near_duplicate_distance: int = 4
 
     # Augmentation (the seed's "synthetic data"): copies per training image, written to synthetic_url.
-    augment_per_image: int = 1
+    augment_per_image: int = 0  # measured: resampled copies stalled patchnet on lfw_faceswap_2k (docs/QUALITY.md)
     augment_rotation: float = 10.0
     augment_shift: float = 0.05
     augment_zoom: float = 0.1
