@@ -249,13 +249,20 @@ def batches_page():
     return render_template("batches.html", batches=catalog().batches())
 
 
-@bp.get("/batches/<batch_id>")
-def batch_page(batch_id: str):
+def _batch_view(batch_id: str):
+    """The batch's summary, its full table, the query (label, sort, offset, limit) and the selected rows;
+    shared by the page and the JSON API so they always agree."""
     cat = catalog()
     summary = cat.batch_summary(batch_id)
     table = cat.results(batch_id)
     label, sort, offset, limit = batch_query()
     total, rows = batch_rows(table, label, sort, offset, limit)
+    return summary, table, label, sort, offset, limit, total, rows
+
+
+@bp.get("/batches/<batch_id>")
+def batch_page(batch_id: str):
+    summary, table, label, sort, offset, limit, total, rows = _batch_view(batch_id)
     page = offset // limit + 1
     pages = max(1, -(-total // limit))
     args = {k: v for k, v in (("label", label), ("sort", sort), ("per_page", limit)) if v}
@@ -410,11 +417,7 @@ def api_batches():
 
 @bp.get("/api/batches/<batch_id>")
 def api_batch(batch_id: str):
-    cat = catalog()
-    summary = cat.batch_summary(batch_id)
-    table = cat.results(batch_id)
-    label, sort, offset, limit = batch_query()
-    total, rows = batch_rows(table, label, sort, offset, limit)
+    summary, _, label, sort, offset, limit, total, rows = _batch_view(batch_id)
     for row in rows:
         row.pop("index", None)
     return jsonify(json_safe({

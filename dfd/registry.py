@@ -89,16 +89,13 @@ def list_versions(store: Store) -> list[str]:
 
 
 def read_run(store: Store, version: str) -> dict[str, Any]:
-    """A run's summary: its run record, metadata and metrics merged for listing."""
+    """A run's record (``run.json``); ``decision`` is ``pending`` until the run has written it."""
     if not store.exists(run_key(version, COMPLETE)):
         raise RegistryError(f"unknown or incomplete version {version!r}")
-    record: dict[str, Any] = {"version": version}
-    for name in (RUN_RECORD,):
-        try:
-            record.update(store.read_json(run_key(version, name)))
-        except NotFound:
-            record.setdefault("decision", "pending")
-    return record
+    try:
+        return {"version": version, **store.read_json(run_key(version, RUN_RECORD))}
+    except NotFound:
+        return {"version": version, "decision": "pending"}
 
 
 def read_champion(store: Store) -> dict[str, Any] | None:
