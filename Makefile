@@ -9,7 +9,6 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export TF_CPP_MIN_LOG_LEVEL := 2
-export TF_ENABLE_ONEDNN_OPTS := 0
 export MPLBACKEND := Agg
 
 .PHONY: install demo retrain score test lint viewer stack stack-down browser-deps bench clean screenshots

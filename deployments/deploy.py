@@ -39,7 +39,6 @@ def offline_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     env.setdefault("MPLBACKEND", "Agg")
     env.update(extra)
     return env

@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 pytest_plugins = ["s3server"]  # SeaweedFS fixtures: s3_server, s3_env, s3_restartable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

@@ -33,7 +33,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     env.update(
         PYTHONPATH=str(ROOT),
         TF_CPP_MIN_LOG_LEVEL="2",
-        TF_ENABLE_ONEDNN_OPTS="0",
         DO_NOT_TRACK="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )

@@ -197,7 +197,7 @@ def start_server(artifacts: Path, env: dict[str, str] | None = None, timeout: fl
     """Start ``python -m app`` (waitress) on a free loopback port; returns the process and its base URL."""
     port = free_port()
     full_env = {**os.environ, "ARTIFACTS_URL": str(artifacts), "VIEWER_REFRESH_SECONDS": "1",
-                "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", **(env or {})}
+                "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     log = tempfile.NamedTemporaryFile(prefix="viewer-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "--port", str(port), "--threads", str(threads)],
