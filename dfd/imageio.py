@@ -108,3 +108,33 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             return img.size
     except Exception:  # noqa: BLE001 - any failure means "unknown size"
         return None
+
+
+def encode_like(pixels: np.ndarray, source: bytes) -> bytes:
+    """Encode ``pixels`` the way ``source`` was encoded: a JPEG source gives a JPEG with the same quantisation
+    tables and chroma subsampling, anything else a lossless PNG.
+
+    Images made from real ones (synthetic fakes) must not differ from them by file format or compression
+    level, or a detector learns the format instead of the manipulation.
+    """
+    from PIL import JpegImagePlugin
+
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels)
+    try:
+        with Image.open(io.BytesIO(source)) as src:
+            if src.format == "JPEG" and src.quantization:
+                sampling = JpegImagePlugin.get_sampling(src)
+                img.save(buf, format="JPEG", qtables=src.quantization,
+                         subsampling=sampling if sampling >= 0 else 0)
+                return buf.getvalue()
+    except (OSError, ValueError, SyntaxError):  # not readable as an image: fall back to lossless
+        pass
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def suffix_like(key: str) -> str:
+    """The file suffix :func:`encode_like` output gets for a source named ``key``."""
+    return ".jpg" if key.lower().endswith((".jpg", ".jpeg")) else ".png"
+

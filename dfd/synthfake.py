@@ -11,14 +11,15 @@ generator:
 
 Only the *training* split's real images are used, so nothing leaks into validation or test. Which reals are
 used and every random draw come from a hash of (seed, image content, settings), and the file name carries
-the hash, so the output is deterministic and a rerun writes nothing. Files are PNG under ``df/`` of the
-synthetic store, next to the augment stage's copies.
+the hash, so the output is deterministic and a rerun writes nothing. Files go under ``df/`` of the synthetic
+store, next to the augment stage's copies, encoded like their source (:func:`dfd.imageio.encode_like`: a
+JPEG real gives a JPEG fake with the same quantisation tables), so that the file format says nothing about
+the label.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable
 
 import numpy as np
@@ -27,10 +28,10 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from dfd.data import Item
 from dfd.demo import upsampling_fake
-from dfd.imageio import decode_image
+from dfd.imageio import decode_image, encode_like, suffix_like
 from dfd.storage import Store
 
-VERSION = "sf1"  # bump when the process changes, so old files are not reused
+VERSION = "sf2"  # bump when the process changes, so old files are not reused
 
 
 def _blend_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +103,7 @@ def chosen_reals(items: list[Item], share: float, seed: int) -> list[Item]:
 
 
 def fake_key(item: Item, seed: int) -> str:
-    return f"df/synth-{item.sha256[:16]}-{_digest(seed, item.sha256).hex()[:8]}.png"
+    return f"df/synth-{item.sha256[:16]}-{_digest(seed, item.sha256).hex()[:8]}{suffix_like(item.key)}"
 
 
 def synthesize_fakes(
@@ -123,11 +124,10 @@ def synthesize_fakes(
     for n, item in enumerate(chosen, 1):
         key = fake_key(item, seed)
         if not target.exists(key):
-            pixels = decode_image(source.read_bytes(item.key), max_pixels).pixels
+            data = source.read_bytes(item.key)
+            pixels = decode_image(data, max_pixels).pixels
             rng = np.random.default_rng(int.from_bytes(_digest(seed, item.sha256)[:8], "little"))
-            buf = io.BytesIO()
-            Image.fromarray(synthetic_fake(pixels, rng)).save(buf, format="PNG")
-            target.write_bytes(key, buf.getvalue())
+            target.write_bytes(key, encode_like(synthetic_fake(pixels, rng), data))
             written += 1
         fakes.append(Item(key=key, label="df", sha256="", phash=0, width=item.width, height=item.height,
                           bytes=0, group=item.group, split="train"))

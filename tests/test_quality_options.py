@@ -115,6 +115,38 @@ def test_synthetic_fakes_use_training_reals_only_deterministic_and_idempotent(ti
     assert synthfake.synthesize_fakes(items, src, other, 0.0, seed=1, max_pixels=10**7) == ([], 0)
 
 
+def test_synthetic_fakes_are_encoded_like_their_source(tmp_path: Path):
+    """A JPEG real gives a JPEG fake with the same quantisation tables (else the file format would give the
+    label away); a PNG real gives a PNG fake."""
+    import io
+
+    from helpers import make_dataset
+
+    from dfd.imageio import encode_like
+
+    photo = _photo(3, 64)
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="JPEG", quality=61)
+    with Image.open(io.BytesIO(buf.getvalue())) as src:
+        tables = src.quantization
+    with Image.open(io.BytesIO(encode_like(photo, buf.getvalue()))) as out:
+        assert out.format == "JPEG" and out.quantization == tables
+    png = io.BytesIO()
+    Image.fromarray(photo).save(png, format="PNG")
+    with Image.open(io.BytesIO(encode_like(photo, png.getvalue()))) as out:
+        assert out.format == "PNG" and np.array_equal(np.asarray(out), photo)
+    assert Image.open(io.BytesIO(encode_like(photo, b"not an image"))).format == "PNG"
+
+    root = make_dataset(tmp_path / "jpeg-data", per_class=12, size=48, fmt="JPEG")
+    items = _split(root)
+    out_store = open_store(tmp_path / "synthetic")
+    fakes, _ = synthfake.synthesize_fakes(items, open_store(root), out_store, 1.0, seed=1, max_pixels=10**7)
+    assert fakes and all(f.key.endswith(".jpg") for f in fakes)
+    for f in fakes:
+        with Image.open(io.BytesIO(out_store.read_bytes(f.key))) as img:
+            assert img.format == "JPEG"
+
+
 # --- face-aware views -------------------------------------------------------------------------------------
 
 def test_face_crop_flag_flows_from_spec_to_views():
