@@ -1,26 +1,33 @@
-"""Detection quality on the real labelled sets in ../shared/datasets: every architecture, same split.
+"""Detection quality on the real labelled sets in ../shared/datasets: configurations side by side, same split.
 
 For each set: the data stage (decode, quarantine, duplicate-aware split with a fixed seed), the augment
 stage, training with the retrain flow's settings, then evaluation of the trained model on the held-out test
-split with the threshold chosen on validation. Prints a markdown table and writes it to ``--out``.
+split with the threshold and temperature chosen on validation. Each configuration is the flow's defaults
+with one change (see ``CONFIGS``). Besides the clean test AUC it reports, with the same model:
 
-    python bench/quality.py                              # every set, patchnet and seed-cnn
-    python bench/quality.py --sets lfw_faceswap_2k --archs patchnet --epochs 8
-    python bench/quality.py --sets lfw_faceswap_2k --archs patchnet --epochs 4 --robust-aug 0.3 \
-        --synthetic-fakes 0.5 --face-crop --out docs/QUALITY.md
+* robustness: AUC on the same test images after a JPEG re-compression at quality 50 and after a x0.5
+  down-scale (the degradations images meet when shared);
+* cross-set: AUC on the test split of every other set (train on one, test on the others).
 
-Besides the clean test AUC it reports the AUC on the same test images after a JPEG re-compression at quality
-50 and after a x0.5 down-scale (the degradations images meet when shared), with the same model.
+    python bench/quality.py --suite full                 # every set x every configuration -> docs/QUALITY.md
+    python bench/quality.py                              # every set, default and seed-cnn
+    python bench/quality.py --sets lfw_faceswap_2k --configs default face-crop --epochs 8
+
+With ``--out`` ending in ``.md`` and holding the markers ``<!-- quality:begin -->`` and
+``<!-- quality:end -->``, only the text between them is replaced, so hand-written notes around the tables
+survive a regeneration.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,114 +44,247 @@ from dfd.storage import open_store  # noqa: E402
 from dfd.train import Entry, train  # noqa: E402
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+# name -> (what it is, changes to the flow's defaults). "reals-only" trains on the training reals plus one
+# synthetic fake per real, never seeing a real fake; validation is the validation reals plus their synthetic
+# fakes; the test split (real fakes) is untouched.
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("the retrain flow's defaults", {}),
+    "seed-cnn": ("the seed's baseline architecture", {"arch": "seed-cnn"}),
+    "robust-aug": ("default + robustness augmentation (p 0.3 each)", {"robust_aug": 0.3}),
+    "synthetic-fakes": ("default + synthetic fakes from half the training reals", {"synthetic_fakes": 0.5}),
+    "face-crop": ("default with face-aware views toggled", {"face_crop": "toggle"}),
+    "reals-only": ("training reals + synthetic fakes only (no real fake seen)", {"synthetic_fakes": 1.0,
+                                                                                "reals_only": True}),
+}
+SUITES = {"basic": ["default", "seed-cnn"], "full": list(CONFIGS)}
 
 
-def prepare(root: Path, settings: Settings) -> list[data.Item]:
+@dataclasses.dataclass
+class DataSet:
+    name: str
+    root: Path
+    items: list[data.Item]
+
+    def entries(self, split: str) -> list[Entry]:
+        return [Entry(0, it.key, it.y) for it in self.items if it.split == split]
+
+
+def prepare(name: str, root: Path, settings: Settings) -> DataSet:
     store = open_store(root)
     result = data.validate(store, max_pixels=settings.max_image_pixels, max_bytes=settings.max_file_bytes,
                            min_per_class=settings.min_images_per_class)
     data.assign_splits(result, near_distance=settings.near_duplicate_distance,
                        val_fraction=settings.val_fraction, test_fraction=settings.test_fraction, seed=settings.seed)
-    return result.items
+    return DataSet(name, root, result.items)
 
 
-def run_one(root: Path, items: list[data.Item], arch: str, settings: Settings, synth_dir: Path) -> dict:
-    store, synth = open_store(root), open_store(synth_dir)
-    params = augment.AugmentParams(per_image=settings.augment_per_image, rotation=settings.augment_rotation,
-                                   shift=settings.augment_shift, zoom=settings.augment_zoom,
-                                   flip=settings.augment_flip, seed=settings.seed)
-    synthetic, _ = augment.augment_training_split(items, store, synth, params, settings.max_image_pixels)
-    fakes, _ = synthfake.synthesize_fakes(items, store, synth, settings.synthetic_fakes, settings.seed,
-                                          settings.max_image_pixels)
-    synthetic = synthetic + fakes
-    train_entries = [Entry(0, it.key, it.y) for it in items if it.split == "train"]
-    train_entries += [Entry(1, it.key, it.y) for it in synthetic]
-    val = [Entry(0, it.key, it.y) for it in items if it.split == "val"]
-    test = [Entry(0, it.key, it.y) for it in items if it.split == "test"]
-    sides = [min(it.width, it.height) for it in items if it.split == "train"]
-    crop = choose_crop_size(sides, settings.max_crop_size, settings.crop_size)
+def config_settings(base: Settings, config: str) -> tuple[Settings, bool]:
+    """The settings of one configuration, and whether it trains on reals (plus synthetic fakes) only."""
+    changes = dict(CONFIGS[config][1])
+    reals_only = bool(changes.pop("reals_only", False))
+    if changes.get("face_crop") == "toggle":
+        changes["face_crop"] = not base.face_crop
+    return dataclasses.replace(base, **changes), reals_only
+
+
+def _reals_with_fakes(ds: DataSet, split: str, synth: Any, s: Settings) -> list[Entry]:
+    """The reals of ``split`` plus one synthetic fake of each (written to the synthetic store)."""
+    fakes, _ = synthfake.synthesize_fakes(ds.items, open_store(ds.root), synth, 1.0, s.seed, s.max_image_pixels,
+                                          splits=(split,))
+    return [e for e in ds.entries(split) if e.y == 0] + [Entry(1, it.key, 1) for it in fakes]
+
+
+def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path) -> tuple[dict[str, Any], Predictor]:
+    s, reals_only = config_settings(base, config)
+    store, synth = open_store(ds.root), open_store(synth_dir)
+    if reals_only:
+        train_entries = _reals_with_fakes(ds, "train", synth, s)
+        val = _reals_with_fakes(ds, "val", synth, s)
+    else:
+        params = augment.AugmentParams(per_image=s.augment_per_image, rotation=s.augment_rotation,
+                                       shift=s.augment_shift, zoom=s.augment_zoom, flip=s.augment_flip,
+                                       seed=s.seed)
+        synthetic, _ = augment.augment_training_split(ds.items, store, synth, params, s.max_image_pixels)
+        fakes, _ = synthfake.synthesize_fakes(ds.items, store, synth, s.synthetic_fakes, s.seed,
+                                              s.max_image_pixels)
+        train_entries = ds.entries("train") + [Entry(1, it.key, it.y) for it in synthetic + fakes]
+        val = ds.entries("val")
+    test = ds.entries("test")
+    sides = [min(it.width, it.height) for it in ds.items if it.split == "train"]
+    crop = choose_crop_size(sides, s.max_crop_size, s.crop_size)
     big = float(np.median(sides)) >= 1.25 * crop
-    spec = input_spec_for(arch, crop, settings.eval_crops if big else 1, face_crop=settings.face_crop)
+    spec = input_spec_for(s.arch, crop, s.eval_crops if big else 1, face_crop=s.face_crop)
     with tempfile.TemporaryDirectory() as work:
         started = time.monotonic()
-        model, history, stats = train(
-            train_entries, val, [store, synth], arch=arch, spec=spec, epochs=settings.epochs,
-            batch_size=settings.batch_size, learning_rate=settings.learning_rate, width=settings.width,
-            patience=settings.patience, seed=settings.seed, max_pixels=settings.max_image_pixels,
-            work_dir=work, log=lambda m: print(f"    {m}", flush=True), robust_aug=settings.robust_aug,
-            weights_path=settings.weights_path)
+        model, _history, stats = train(
+            train_entries, val, [store, synth], arch=s.arch, spec=spec, epochs=s.epochs,
+            batch_size=s.batch_size, learning_rate=s.learning_rate, width=s.width,
+            patience=s.patience, seed=s.seed, max_pixels=s.max_image_pixels,
+            work_dir=work, log=lambda m: print(f"    {m}", flush=True), robust_aug=s.robust_aug,
+            weights_path=s.weights_path)
         train_s = time.monotonic() - started
     predictor = Predictor(model, {"input_spec": spec, "threshold": 0.5, "temperature": 1.0})
     y_val, y_test = np.array([e.y for e in val]), np.array([e.y for e in test])
-    raw_val = evaluate.score_entries(predictor, val, [store])
+    raw_val = evaluate.score_entries(predictor, val, [store, synth])
     raw_test = evaluate.score_entries(predictor, test, [store])
     t = evaluate.fit_temperature(y_val, raw_val)
     s_val, s_test = evaluate.apply_temperature(raw_val, t), evaluate.apply_temperature(raw_test, t)
     threshold = evaluate.choose_threshold(y_val, s_val)
     m = evaluate.metrics(y_test, s_test, threshold)
-    test_pixels = [decode_image(store.read_bytes(e.key), settings.max_image_pixels).pixels for e in test]
+    test_pixels = [decode_image(store.read_bytes(e.key), s.max_image_pixels).pixels for e in test]
     auc_jpeg = evaluate.auc(y_test, predictor.score_pixels([robust.jpeg(p, 50) for p in test_pixels]))
     auc_half = evaluate.auc(y_test, predictor.score_pixels([robust.downscale(p, 0.5) for p in test_pixels]))
-    return {
+    row = {
         "auc_jpeg50": auc_jpeg, "auc_half": auc_half,
         "auc": m["roc_auc"], "ap": m["average_precision"], "acc": m["at_threshold"]["accuracy"],
         "ece": m["ece"], "epochs": stats["epochs_run"], "img_s": stats["train_images_per_s"],
-        "train_s": train_s, "n_test": m["n"], "spec": spec,
+        "train_s": train_s, "n_test": m["n"], "spec": spec, "cross": {},
     }
+    return row, predictor
+
+
+def cross_auc(predictor: Predictor, ds: DataSet) -> float:
+    test = ds.entries("test")
+    scores = evaluate.score_entries(predictor, test, [open_store(ds.root)])
+    return evaluate.auc(np.array([e.y for e in test]), scores)
+
+
+def describe_input(spec: dict[str, Any]) -> str:
+    text = f"{spec['mode']} {spec['size']}" + (f" x{spec['crops']}" if spec["crops"] > 1 else "")
+    return text + (" face" if spec.get("face_crop") else "")
+
+
+def render(rows: list[tuple[str, str, dict[str, Any]]], sets: list[str], settings: Settings, cmd: str,
+           wall_s: float, planned: int) -> str:
+    """The markdown report: main table, cross-set table, target checks, settings and command."""
+    out = [] if len(rows) == planned else [f"**Partial: {len(rows)} of {planned} runs so far.**", ""]
+    out += ["| set | config | input | test AUC | AUC JPEG q50 (drop) | AUC x0.5 (drop) | AP | accuracy @thr "
+           "| ECE | epochs | train img/s | train wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, config, r in rows:
+        out.append(
+            f"| {name} | {config} | {describe_input(r['spec'])} | {r['auc']:.4f} | {r['auc_jpeg50']:.4f} "
+            f"({r['auc'] - r['auc_jpeg50']:+.3f}) | {r['auc_half']:.4f} ({r['auc'] - r['auc_half']:+.3f}) | "
+            f"{r['ap']:.4f} | {r['acc']:.4f} | {r['ece']:.4f} | {r['epochs']} | {r['img_s']:.0f} "
+            f"| {r['train_s']:.0f} |")
+    if len(sets) > 1:
+        out += ["", "Cross-set: test AUC of each trained model on every set's test split (in-domain in bold).", "",
+                "| trained on | config | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+        for name, config, r in rows:
+            cells = [f"**{r['auc']:.4f}**" if other == name else
+                     (f"{r['cross'][other]:.4f}" if other in r["cross"] else "-") for other in sets]
+            out.append(f"| {name} | {config} | " + " | ".join(cells) + " |")
+    out += ["", "Configurations (each is the flow's defaults with one change):", ""]
+    used = list(dict.fromkeys(c for _, c, _ in rows))
+    out += [f"- `{c}`: {CONFIGS[c][0]}" for c in used]
+    out += ["", targets(rows), "",
+            f"Defaults at the time: arch={settings.arch}, epochs={settings.epochs} (early stopping on validation "
+            f"AUC, patience {settings.patience}), batch={settings.batch_size}, lr={settings.learning_rate}, "
+            f"width={settings.width}, augment_per_image={settings.augment_per_image}, "
+            f"robust_aug={settings.robust_aug}, synthetic_fakes={settings.synthetic_fakes}, "
+            f"face_crop={settings.face_crop}, seed={settings.seed}. Split: duplicate-aware, "
+            f"{1 - settings.val_fraction - settings.test_fraction:.0%}/{settings.val_fraction:.0%}/"
+            f"{settings.test_fraction:.0%}. Machine: {os.cpu_count()} CPU cores, no GPU. "
+            f"Whole run: {wall_s / 60:.0f} min.",
+            "", f"Command: `{cmd}`"]
+    return "\n".join(out) + "\n"
+
+
+def targets(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """Issue 7's targets, checked against the rows that were measured."""
+    want = {"cifake_2k": 0.97, "lfw_faceswap_2k": 0.98, "yonsei_rff_256": 0.80}
+    by = {(n, c): r for n, c, r in rows}
+    lines = ["Targets (on the `default` rows unless named):", ""]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    for name in dict.fromkeys(n for n, _, _ in rows):
+        d, seed = by.get((name, "default")), by.get((name, "seed-cnn"))
+        if d is None:
+            continue
+        parts = []
+        if name in want:
+            parts.append(f"AUC {d['auc']:.3f} vs {want[name]:.2f}: {mark(d['auc'] >= want[name])}")
+        drop = max(d["auc"] - d["auc_jpeg50"], d["auc"] - d["auc_half"])
+        parts.append(f"worst robustness drop {drop:+.3f} vs 0.05: {mark(drop <= 0.05)}")
+        parts.append(f"ECE {d['ece']:.3f} vs 0.05: {mark(d['ece'] <= 0.05)}")
+        if seed is not None:
+            gain = d["auc"] - seed["auc"]
+            parts.append(f"beats seed-cnn by {gain:+.3f} vs 0.10: {mark(gain >= 0.10)}")
+        ro = by.get((name, "reals-only"))
+        if ro is not None:
+            parts.append(f"reals-only AUC on real fakes {ro['auc']:.3f} vs 0.70: {mark(ro['auc'] >= 0.70)}")
+        lines.append(f"- {name}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write ``report`` to ``path``; between the markers when the file has them (the rest is kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        text = head + BEGIN + "\n" + report + END + rest.split(END, 1)[1]
+    else:
+        text = report
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", type=Path, default=DATASETS)
     parser.add_argument("--sets", nargs="*", help="set names (default: every folder in --datasets)")
-    parser.add_argument("--archs", nargs="*", default=["patchnet", "seed-cnn"])
+    parser.add_argument("--suite", choices=sorted(SUITES), help="a named list of configurations")
+    parser.add_argument("--configs", nargs="*", choices=list(CONFIGS), help="configurations to run")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--augment-per-image", type=int)
     parser.add_argument("--robust-aug", type=float, help="probability of each training degradation")
     parser.add_argument("--synthetic-fakes", type=float, help="share of training reals that yield a fake")
     parser.add_argument("--face-crop", action="store_true", default=None, help="views from the largest face")
-    parser.add_argument("--out", type=Path, default=Path("bench/out/quality.md"))
+    parser.add_argument("--no-cross", action="store_true", help="skip the cross-set scores")
+    parser.add_argument("--out", type=Path, help="default: docs/QUALITY.md for --suite full, else "
+                                                 "bench/out/quality.md")
     args = parser.parse_args(argv)
     if not args.datasets.is_dir():
         print(f"no data sets at {args.datasets}: nothing to measure")
         return 0
+    configs = args.configs or SUITES[args.suite or "basic"]
+    out = args.out or Path("docs/QUALITY.md" if args.suite == "full" else "bench/out/quality.md")
     settings = Settings.from_env(epochs=args.epochs, augment_per_image=args.augment_per_image,
                                  robust_aug=args.robust_aug, synthetic_fakes=args.synthetic_fakes,
                                  face_crop=args.face_crop)
-    sets = args.sets or sorted(p.name for p in args.datasets.iterdir() if (p / "real").is_dir())
-    rows = []
-    for name in sets:
-        root = args.datasets / name
-        items = prepare(root, settings)
-        counts = {s: sum(it.split == s for it in items) for s in data.SPLITS}
-        print(f"{name}: {len(items)} usable images, split {counts}", flush=True)
+    names = args.sets or sorted(p.name for p in args.datasets.iterdir() if (p / "real").is_dir())
+    started = time.monotonic()
+    sets = {}
+    for name in names:
+        sets[name] = ds = prepare(name, args.datasets / name, settings)
+        counts = {s: sum(it.split == s for it in ds.items) for s in data.SPLITS}
+        print(f"{name}: {len(ds.items)} usable images, split {counts}", flush=True)
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    planned, report = len(sets) * len(configs), ""
+    cmd = ("python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    for name, ds in sets.items():
         with tempfile.TemporaryDirectory() as synth_dir:
-            for arch in args.archs:
-                print(f"  training {arch} ...", flush=True)
-                r = run_one(root, items, arch, settings, Path(synth_dir))
-                rows.append((name, arch, r))
-                print(f"  {name} {arch}: AUC {r['auc']:.4f} AP {r['ap']:.4f} acc {r['acc']:.4f} "
-                      f"({r['train_s']:.0f}s)", flush=True)
-    header = ("| set | arch | input | test AUC | AUC JPEG q50 | AUC x0.5 | AP | accuracy @thr | ECE | epochs "
-              "| train img/s | train wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [header]
-    for name, arch, r in rows:
-        spec = r["spec"]
-        inp = f"{spec['mode']} {spec['size']}" + (f" x{spec['crops']}" if spec["crops"] > 1 else "")
-        inp += " face" if spec.get("face_crop") else ""
-        lines.append(f"| {name} | {arch} | {inp} | {r['auc']:.4f} | {r['auc_jpeg50']:.4f} | {r['auc_half']:.4f} | "
-                     f"{r['ap']:.4f} | {r['acc']:.4f} | "
-                     f"{r['ece']:.4f} | {r['epochs']} | {r['img_s']:.0f} | {r['train_s']:.0f} |")
-    table = "\n".join(lines)
-    cmd = "python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    note = (f"\nSettings: epochs={settings.epochs}, batch={settings.batch_size}, lr={settings.learning_rate}, "
-            f"augment_per_image={settings.augment_per_image}, robust_aug={settings.robust_aug}, "
-            f"synthetic_fakes={settings.synthetic_fakes}, face_crop={settings.face_crop}, "
-            f"seed={settings.seed}, {os.cpu_count()} CPU cores."
-            f"\nCommand: `{cmd.strip()}`\n")
-    print("\n" + table + note)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n" + note)
+            for config in configs:
+                print(f"[{(time.monotonic() - started) / 60:.0f} min] {name}: training {config} ...", flush=True)
+                r, predictor = run_one(ds, config, settings, Path(synth_dir))
+                if not args.no_cross:
+                    r["cross"] = {o: cross_auc(predictor, other) for o, other in sets.items() if o != name}
+                rows.append((name, config, r))
+                cross = " ".join(f"{o} {v:.3f}" for o, v in r["cross"].items())
+                print(f"  {name} {config}: AUC {r['auc']:.4f} (JPEG q50 {r['auc_jpeg50']:.4f}, x0.5 "
+                      f"{r['auc_half']:.4f}) AP {r['ap']:.4f} acc {r['acc']:.4f} ECE {r['ece']:.4f} "
+                      f"({r['train_s']:.0f}s){' cross: ' + cross if cross else ''}", flush=True)
+                del predictor
+                report = render(rows, list(sets), settings, cmd, time.monotonic() - started, planned)
+                write_report(out, report)  # after every run, so a long run that is stopped keeps its rows
+    print("\n" + report)
+    print(f"written to {out}")
     return 0
 
 

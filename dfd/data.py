@@ -73,12 +73,13 @@ class ValidationResult:
         return out
 
 
-def discover(store: Store) -> tuple[list[tuple[ObjectInfo, str]], list[Quarantined]]:
-    """Files under ``real/`` and ``df/``: (object, label) for image extensions, quarantine for the rest."""
+def discover(store: Store, optional: tuple[str, ...] = ()) -> tuple[list[tuple[ObjectInfo, str]], list[Quarantined]]:
+    """Files under ``real/`` and ``df/``: (object, label) for image extensions, quarantine for the rest.
+    A class folder named in ``optional`` may be missing (an S3 prefix cannot exist empty)."""
     dirs = set(store.list_dirs(""))
     if not dirs and not any(True for _ in store.list("")):
         raise DataError(f"data folder not found or empty: {store.url} (expected real/ and df/ inside it)")
-    missing = [name for name in LABELS if name not in dirs]
+    missing = [name for name in LABELS if name not in dirs and name not in optional]
     if missing:
         raise DataError(
             f"data folder {store.url} has no {' or '.join(m + '/' for m in missing)} folder "
@@ -140,9 +141,12 @@ def validate(
     min_per_class: int,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 4,
+    fakes_optional: bool = False,
 ) -> ValidationResult:
-    """Inspect every candidate file, drop exact duplicates, and check there is enough data per class."""
-    candidates, quarantine = discover(store)
+    """Inspect every candidate file, drop exact duplicates, and check there is enough data per class.
+
+    With ``fakes_optional`` (synthetic fakes will be made from the reals) an empty ``df/`` is accepted."""
+    candidates, quarantine = discover(store, optional=("df",) if fakes_optional else ())
     found = Counter(label for _, label in candidates)
     items: list[Item] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -153,7 +157,8 @@ def validate(
                 progress(i, len(candidates))
     items, dup_quarantine = drop_exact_duplicates(items)
     quarantine.extend(dup_quarantine)
-    check_enough(items, quarantine, found, min_per_class, store.url)
+    check_enough(items, quarantine, found, min_per_class, store.url,
+                 optional=("df",) if fakes_optional and not any(it.label == "df" for it in items) else ())
     return ValidationResult(items=items, quarantine=quarantine, found=dict(found))
 
 
@@ -180,17 +185,18 @@ def drop_exact_duplicates(items: list[Item]) -> tuple[list[Item], list[Quarantin
 
 
 def check_enough(items: list[Item], quarantine: list[Quarantined], found: Counter, min_per_class: int,
-                 where: str) -> None:
+                 where: str, optional: tuple[str, ...] = ()) -> None:
     usable = Counter(it.label for it in items)
     for label in LABELS:
-        if usable[label] >= min_per_class:
+        if usable[label] >= min_per_class or label in optional:
             continue
         bad = [q for q in quarantine if q.label == label]
         reasons = Counter(q.reason for q in bad)
         why = "; ".join(f"{n} {r}" for r, n in reasons.most_common(4))
         head = f"class '{label}' in {where}"
         if found[label] == 0 and not bad:
-            raise DataError(f"{head} is empty: put images in {label}/ (jpg, png, bmp, webp, tiff or gif)")
+            hint = " (or set synthetic_fakes > 0 to train on reals plus fakes made from them)" if label == "df" else ""
+            raise DataError(f"{head} is empty: put images in {label}/ (jpg, png, bmp, webp, tiff or gif){hint}")
         raise DataError(
             f"{head} has only {usable[label]} usable images; at least {min_per_class} per class are needed "
             f"(found {found[label]} image files, {len(bad)} set aside{': ' + why if why else ''})"
@@ -279,15 +285,17 @@ def split_groups(items: list[Item], groups: list[int], val_fraction: float, test
 
 def assign_splits(result: ValidationResult, *, near_distance: int, val_fraction: float,
                   test_fraction: float, seed: int) -> None:
-    """Group duplicates and split, in place, then check every split has both classes."""
+    """Group duplicates and split, in place, then check every split has both classes (only reals when the data
+    has no fakes at all: they are then synthesised per split)."""
     groups = group_near_duplicates(result.items, near_distance)
     splits = split_groups(result.items, groups, val_fraction, test_fraction, seed)
     for it, g, s in zip(result.items, groups, splits, strict=True):
         it.group, it.split = g, s
     counts = result.counts()
+    reals_only = not any(it.label == "df" for it in result.items)
     for s in SPLITS:
         for cls, n in counts[s].items():
-            if n == 0:
+            if n == 0 and not (reals_only and cls == "deepfake"):
                 raise DataError(
                     f"the {s} split has no '{cls}' images: near-duplicate groups are too large for this data "
                     f"set ({len(set(groups))} groups for {len(groups)} images); add more distinct images"

@@ -64,10 +64,10 @@ class Settings:
     crop_size: int = 0  # 0 = choose from the data (largest size up to max_crop_size that fits the images)
     max_crop_size: int = 128
     eval_crops: int = 5
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 2e-3
-    patience: int = 4
+    patience: int = 6
     width: int = 32
     # Robustness augmentation: probability of each degradation (downscale, colour, blur, JPEG); 0 = off.
     robust_aug: float = 0.0

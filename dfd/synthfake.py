@@ -9,7 +9,9 @@ generator:
 * **up-sampling artifacts**: :func:`dfd.demo.upsampling_fake` (down-sample by 2, up-sample through a
   nearest-neighbour or transposed-convolution-like kernel, blend back).
 
-Only the *training* split's real images are used, so nothing leaks into validation or test. Which reals are
+Only the *training* split's real images are used, so nothing leaks into validation or test. When the data has
+no fakes at all (``df/`` empty: "reals only" training), fakes are also made from the validation and test reals,
+each fake staying in its real's split, so that the model can be validated and tested. Which reals are
 used and every random draw come from a hash of (seed, image content, settings), and the file name carries
 the hash, so the output is deterministic and a rerun writes nothing. Files go under ``df/`` of the synthetic
 store, next to the augment stage's copies, encoded like their source (:func:`dfd.imageio.encode_like`: a
@@ -95,9 +97,9 @@ def _digest(seed: int, sha256: str) -> bytes:
     return hashlib.sha256(f"{VERSION}:{seed}:{sha256}".encode()).digest()
 
 
-def chosen_reals(items: list[Item], share: float, seed: int) -> list[Item]:
-    """The training reals that yield a fake: ``round(share * n)`` of them, picked by hash (deterministic)."""
-    reals = [it for it in items if it.split == "train" and it.y == 0]
+def chosen_reals(items: list[Item], share: float, seed: int, split: str = "train") -> list[Item]:
+    """The reals of ``split`` that yield a fake: ``round(share * n)`` of them, picked by hash (deterministic)."""
+    reals = [it for it in items if it.split == split and it.y == 0]
     n = min(len(reals), round(share * len(reals)))
     return sorted(reals, key=lambda it: _digest(seed, it.sha256))[:n]
 
@@ -114,11 +116,14 @@ def synthesize_fakes(
     seed: int,
     max_pixels: int,
     progress: Callable[[int, int], None] | None = None,
+    splits: tuple[str, ...] = ("train",),
 ) -> tuple[list[Item], int]:
-    """Write one synthetic fake for ``share`` of the training reals. Returns (fake items, files written)."""
+    """Write one synthetic fake for ``share`` of the reals of ``splits`` (normally training only; every split
+    when the data has no fakes at all). Each fake keeps its real's split and group. Returns (fake items, files
+    written)."""
     if share <= 0:
         return [], 0
-    chosen = chosen_reals(items, share, seed)
+    chosen = [it for split in splits for it in chosen_reals(items, share, seed, split)]
     fakes: list[Item] = []
     written = 0
     for n, item in enumerate(chosen, 1):
@@ -130,7 +135,7 @@ def synthesize_fakes(
             target.write_bytes(key, encode_like(synthetic_fake(pixels, rng), data))
             written += 1
         fakes.append(Item(key=key, label="df", sha256="", phash=0, width=item.width, height=item.height,
-                          bytes=0, group=item.group, split="train"))
+                          bytes=0, group=item.group, split=item.split))
         if progress and (n % 200 == 0 or n == len(chosen)):
             progress(n, len(chosen))
     return fakes, written

@@ -128,6 +128,7 @@ def retrain(
         "epochs_run": trained["epochs_run"],
         "train_seconds": trained["train_seconds"],
         "demo_data": validated["demo_data"],
+        "reals_only": validated.get("reals_only", False),
         "plots": plot_files,
         "where": published["where"],
         **decision,
@@ -158,6 +159,9 @@ def print_summary(result: dict[str, Any], seconds: float) -> None:
     print(f"took         {seconds:.0f}s")
     if result.get("demo_data"):
         print(f"NOTE         {DEMO_NOTE}")
+    if result.get("reals_only"):
+        print("NOTE         df/ was empty: trained on reals plus synthetic fakes, and the test fakes are synthetic "
+              "too; these metrics say nothing about real deepfakes")
     print("=" * 72)
 
 

@@ -36,6 +36,16 @@ def _entries(items: list[data.Item], split: str, store: int = 0) -> list[Entry]:
     return [Entry(store, it.key, it.y) for it in items if it.split == split]
 
 
+def _split_entries(run_dir: Path, split: str, synthetic_manifest: str | None = None) -> list[Entry]:
+    """The images of ``split``: the user's (store 0) plus the synthetic ones of that split (store 1). Only
+    "reals only" runs have synthetic validation and test images (fakes made from those splits' reals)."""
+    entries = _entries(data.read_manifest(run_dir / "split_manifest.csv"), split)
+    path = Path(synthetic_manifest) if synthetic_manifest else run_dir / "synthetic_manifest.csv"
+    if path.exists():
+        entries += _entries(data.read_manifest(path), split, store=1)
+    return entries
+
+
 @task(name="validate-data", retries=1, retry_delay_seconds=5)
 def validate_data(s: S) -> S:
     """Discover, decode and split the data; write the manifest and quarantine report to a new run folder."""
@@ -45,7 +55,7 @@ def validate_data(s: S) -> S:
     log.info("validating data in %s", data_store.url)
     result = data.validate(
         data_store, max_pixels=settings.max_image_pixels, max_bytes=settings.max_file_bytes,
-        min_per_class=settings.min_images_per_class,
+        min_per_class=settings.min_images_per_class, fakes_optional=settings.synthetic_fakes > 0,
         progress=lambda i, n: log.info("inspected %d/%d files", i, n),
     )
     data.assign_splits(result, near_distance=settings.near_duplicate_distance,
@@ -66,7 +76,12 @@ def validate_data(s: S) -> S:
         log.warning("set aside %s: %s %s", q.key, q.reason, q.detail)
     if demo:
         log.warning("NOTE: %s", DEMO_NOTE)
+    reals_only = not any(it.label == "df" for it in result.items)
+    if reals_only:
+        log.warning("NOTE: no images in df/: training on reals plus synthetic fakes made from them; validation "
+                    "and test fakes are synthetic too, so the test metrics say nothing about real deepfakes")
     return {
+        "reals_only": reals_only,
         "version": version,
         "run_dir": str(run_dir),
         "fingerprint": fp,
@@ -102,10 +117,12 @@ def augment_data(s: S, validated: S) -> S:
         items, data_store, synth_store, params, settings.max_image_pixels,
         progress=lambda i, n: log.info("augmented %d/%d training images", i, n))
     if settings.synthetic_fakes > 0:
+        splits = data.SPLITS if validated.get("reals_only") else ("train",)
         fakes, fakes_written = synthfake.synthesize_fakes(
             items, data_store, synth_store, settings.synthetic_fakes, settings.seed, settings.max_image_pixels,
-            progress=lambda i, n: log.info("synthesised %d/%d fakes from training reals", i, n))
-        log.info("synthetic fakes from training reals: %d in use, %d newly written", len(fakes), fakes_written)
+            progress=lambda i, n: log.info("synthesised %d/%d fakes from reals", i, n), splits=splits)
+        log.info("synthetic fakes from %s reals: %d in use, %d newly written", "/".join(splits), len(fakes),
+                 fakes_written)
         synthetic, written = synthetic + fakes, written + fakes_written
     path = Path(validated["run_dir"]) / "synthetic_manifest.csv"
     data.write_manifest(synthetic, path)
@@ -115,7 +132,7 @@ def augment_data(s: S, validated: S) -> S:
 
 @task(name="train")
 def train_model(s: S, validated: S, synthetic: S) -> S:
-    """Train on the training split plus its augmented copies; validate on the validation split."""
+    """Train on the training split plus its synthetic images; validate on the validation split."""
     from dfd.model import input_spec_for, library_versions, save_model
     from dfd.preprocess import choose_crop_size
     from dfd.train import train, training_key
@@ -124,10 +141,9 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
     settings = _settings(s)
     stores = _stores(settings)[:2]
     run_dir = Path(validated["run_dir"])
-    items = data.read_manifest(run_dir / "split_manifest.csv")
-    synth = data.read_manifest(synthetic["manifest"])
-    train_entries = _entries(items, "train") + [Entry(1, it.key, it.y) for it in synth]
-    val_entries = _entries(items, "val")
+    synth = [it for it in data.read_manifest(synthetic["manifest"]) if it.split == "train"]
+    train_entries = _split_entries(run_dir, "train", synthetic["manifest"])
+    val_entries = _split_entries(run_dir, "val", synthetic["manifest"])
     crop = choose_crop_size(validated["min_sides"], settings.max_crop_size, settings.crop_size)
     # Several crops only pay off when images are clearly larger than one crop.
     sides = validated["min_sides"]
@@ -178,11 +194,10 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
 
     log = get_run_logger()
     settings = _settings(s)
-    stores = _stores(settings)[:1]
+    stores = _stores(settings)[:2]
     run_dir = Path(validated["run_dir"])
-    items = data.read_manifest(run_dir / "split_manifest.csv")
     predictor = Predictor.from_folder(run_dir)
-    val, test = _entries(items, "val"), _entries(items, "test")
+    val, test = _split_entries(run_dir, "val"), _split_entries(run_dir, "test")
     y_val, y_test = np.array([e.y for e in val]), np.array([e.y for e in test])
     raw_val = evaluate.score_entries(predictor, val, stores, max_pixels=settings.max_image_pixels)
     raw_test = evaluate.score_entries(predictor, test, stores, max_pixels=settings.max_image_pixels)
@@ -197,6 +212,8 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
         "test": evaluate.metrics(y_test, s_test, threshold),
         "validation": evaluate.metrics(y_val, s_val, threshold),
         "test_uncalibrated_ece": evaluate.expected_calibration_error(y_test, raw_test),
+        "test_fakes": "synthetic (made from the test reals; df/ was empty)" if validated.get("reals_only")
+        else "real (df/)",
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     with (run_dir / "test_scores.csv").open("w", newline="") as fh:
@@ -285,10 +302,9 @@ def promote(s: S, validated: S, evaluated: S) -> S:
 
     log = get_run_logger()
     settings = _settings(s)
-    data_store, _, artifacts = _stores(settings)
+    data_store, synth_store, artifacts = _stores(settings)
     version = validated["version"]
-    items = data.read_manifest(Path(validated["run_dir"]) / "split_manifest.csv")
-    test = _entries(items, "test")
+    test = _split_entries(Path(validated["run_dir"]), "test")
     y = np.array([e.y for e in test])
     candidate_auc = float(evaluated["test_auc"])
     for _ in range(3):
@@ -298,7 +314,7 @@ def promote(s: S, validated: S, evaluated: S) -> S:
             promoted, reason = True, "no champion yet"
         else:
             folder = registry.fetch_model_dir(artifacts, champion, Path(settings.work_dir).resolve())
-            champ_scores = evaluate.score_entries(Predictor.from_folder(folder), test, [data_store],
+            champ_scores = evaluate.score_entries(Predictor.from_folder(folder), test, [data_store, synth_store],
                                                   max_pixels=settings.max_image_pixels)
             champion_auc = evaluate.auc(y, champ_scores)
             promoted = candidate_auc >= champion_auc - settings.promotion_tolerance

@@ -53,6 +53,19 @@ def test_empty_class(tiny_data: Path):
         data.validate(open_store(tiny_data), **KW)
 
 
+def test_reals_only_data_is_accepted_when_fakes_will_be_synthesised(tiny_data: Path):
+    """With synthetic fakes on, an empty or missing df/ is fine: the split then holds reals only."""
+    for p in (tiny_data / "df").iterdir():
+        p.unlink()
+    with pytest.raises(data.DataError, match="or set synthetic_fakes > 0"):
+        data.validate(open_store(tiny_data), **KW)
+    (tiny_data / "df").rmdir()
+    result = data.validate(open_store(tiny_data), **KW, fakes_optional=True)
+    assert result.items and {it.label for it in result.items} == {"real"}
+    data.assign_splits(result, near_distance=4, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert {it.split for it in result.items} == set(data.SPLITS)
+
+
 def test_all_files_corrupt_names_the_reasons(tiny_data: Path):
     for p in (tiny_data / "df").iterdir():
         p.write_bytes(b"garbage")

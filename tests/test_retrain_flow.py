@@ -106,6 +106,35 @@ def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefec
     assert len(registry.list_versions(store)) == 2
 
 
+@pytest.mark.slow
+def test_reals_only_trains_on_synthetic_fakes_and_says_so(prefect_api, workspace):
+    """No df/ at all plus synthetic fakes: every split gets fakes made from its own reals, nothing leaks across
+    splits, and the run's record and metrics say that the test fakes are synthetic."""
+    import shutil
+
+    from flows.retrain import retrain
+
+    shutil.rmtree(workspace["data"] / "df")
+    result = retrain(data_url=str(workspace["data"]), artifacts_url=str(workspace["artifacts"]),
+                     synthetic_url=str(workspace["synthetic"]), min_images_per_class=5, batch_size=8, epochs=2,
+                     synthetic_fakes=1.0)
+    assert result["decision"] == "promoted" and result["reals_only"] is True, result
+    store = open_store(workspace["artifacts"])
+    metrics = store.read_json(f"runs/{result['version']}/metrics.json")
+    assert metrics["test_fakes"].startswith("synthetic")
+    assert metrics["test"]["n_real"] > 0 and metrics["test"]["n"] > metrics["test"]["n_real"]
+    def manifest(name: str) -> list[dict[str, str]]:
+        return list(csv.DictReader(store.read_text(f"runs/{result['version']}/{name}").splitlines()))
+
+    reals = manifest("split_manifest.csv")
+    assert reals and all(r["key"].startswith("real/") for r in reals)
+    split_of = {r["sha256"][:16]: r["split"] for r in reals}
+    fakes = manifest("synthetic_manifest.csv")
+    assert {r["split"] for r in fakes} == {"train", "val", "test"}
+    for r in fakes:  # each fake sits in the split of the real it was made from
+        assert split_of[r["key"].split("-")[1]] == r["split"]
+
+
 def test_missing_data_folder_fails_with_clear_message(tmp_path: Path):
     env = {**os.environ, "DFD_WORK_DIR": str(tmp_path / "w"), "PREFECT_API_URL": ""}
     env.pop("PREFECT_API_URL")
