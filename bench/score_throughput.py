@@ -10,7 +10,10 @@ Measures images per second for
       ``model.predict`` on that one image;
   (c) decode only: read + the same decoder (:func:`dfd.imageio.decode_image`) in a thread pool with one thread
       per core: the ceiling for (a);
-and prints a/b and a/c. It does this twice: on 2,000 small images (``../shared/datasets/lfw_faceswap_2k``,
+  (d) the model alone on already-decoded views;
+and prints a/b, a/c and a/bound, where bound = 1 / (1/c + 1/d) is what (a) would reach if decoding and the
+model shared the cores with no overhead at all: a/c is capped by the model's cost, a/bound is the pipeline's own
+efficiency. It does this twice: on 2,000 small images (``../shared/datasets/lfw_faceswap_2k``,
 250x250 JPEG, when present, else generated 256x256 JPEGs) and on generated camera-sized photos (1600x1200
 JPEG), where decoding dominates. Peak RSS of (a) is measured in a fresh subprocess each (``ru_maxrss``) on
 2,000 and on 20,000 files (the 2,000 repeated, each copy made unique by trailing bytes after the JPEG end
@@ -194,6 +197,24 @@ def run_decode(files: list[Path], max_pixels: int) -> float:
         return len(files) / (time.perf_counter() - t0)
 
 
+def run_model(files: list[Path], predictor, batch_size: int) -> float:
+    """Images/s of the model alone: the views of (up to) 256 decoded images scored over and over in batches,
+    with no reading or decoding. With (c) it bounds (a): a core that overlapped decode and model perfectly on
+    the same cores would reach 1 / (1/c + 1/d)."""
+    from dfd.imageio import decode_image
+
+    sample = files[: min(len(files), 256)]
+    views = [predictor.views(decode_image(p.read_bytes(), predictor.max_pixels).pixels) for p in sample]
+    batches = [np.concatenate(views[i : i + batch_size]).astype(np.float32) for i in range(0, len(views), batch_size)]
+    predictor.score_views(batches[0])
+    done, t0 = 0, time.perf_counter()
+    while done < len(files):
+        for b in batches:
+            predictor.score_views(b)
+            done += len(b) // predictor.views_per_image
+    return done / (time.perf_counter() - t0)
+
+
 def warm_up(predictor, version: str, folder: Path, batch_size: int, tmp: Path) -> None:
     """One small run first, so that one-time TensorFlow set-up is not billed to the measured runs."""
     warm = tmp / "warm"
@@ -209,13 +230,14 @@ def section(name: str, folder: Path, predictor, version: str, batch_size: int, n
     """a, b and c on one folder, interleaved over ``rounds`` rounds; each is the best round (least disturbed
     by whatever else runs on the machine)."""
     files = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
-    best = {"a": 0.0, "b": 0.0, "c": 0.0}
+    best = {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}
     all_rounds = []
     for _ in range(rounds):
         r = {
             "c": run_decode(files, predictor.max_pixels),
             "a": run_core(folder, predictor, version, batch_size),
             "b": run_naive(files[:naive_n], predictor),
+            "d": run_model(files, predictor, batch_size),
         }
         all_rounds.append(r)
         best = {k: max(best[k], r[k]) for k in best}
@@ -331,13 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         f"views per image {predictor.views_per_image}; best of {args.rounds} interleaved rounds"
     )
     print()
-    print(f"{'set':<8} {'files':>6} {'(a) core':>10} {'(b) naive':>10} {'(c) decode':>11} {'a/b':>7} {'a/c':>6}")
+    print(f"{'set':<8} {'files':>6} {'(a) core':>10} {'(b) naive':>10} {'(c) decode':>11} {'(d) model':>10} "
+          f"{'a/b':>7} {'a/c':>6} {'a/bound':>8}")
     for r in results:
+        bound = 1 / (1 / r["c"] + 1 / r["d"])
         print(
-            f"{r['name']:<8} {r['files']:>6} {r['a']:>8.1f}/s {r['b']:>8.1f}/s {r['c']:>9.1f}/s "
-            f"{r['a'] / r['b']:>7.1f} {r['a'] / r['c']:>6.2f}"
+            f"{r['name']:<8} {r['files']:>6} {r['a']:>8.1f}/s {r['b']:>8.1f}/s {r['c']:>9.1f}/s {r['d']:>8.1f}/s "
+            f"{r['a'] / r['b']:>7.1f} {r['a'] / r['c']:>6.2f} {r['a'] / bound:>8.2f}"
         )
     print("(b) timed on the first", ", ".join(f"{r['naive_n']} ({r['name']})" for r in results), "files")
+    print("(d) the model alone on decoded views; bound = 1 / (1/c + 1/d): decode and model sharing the same cores")
     if rss:
         print()
         print(f"{'files':>7} {'peak RSS':>10} {'RSS after load':>15} {'peak while scoring':>19} {'(a) images/s':>13}")
