@@ -90,10 +90,11 @@ def config_settings(base: Settings, config: str) -> tuple[Settings, bool]:
 
 
 def _reals_with_fakes(ds: DataSet, split: str, synth: Any, s: Settings) -> list[Entry]:
-    """The reals of ``split`` plus one synthetic fake of each (written to the synthetic store)."""
-    fakes, _ = synthfake.synthesize_fakes(ds.items, open_store(ds.root), synth, 1.0, s.seed, s.max_image_pixels,
-                                          splits=(split,))
-    return [e for e in ds.entries(split) if e.y == 0] + [Entry(1, it.key, 1) for it in fakes]
+    """The reals of ``split`` as their re-encoded twins, plus one synthetic fake of each (written to the
+    synthetic store)."""
+    made, _ = synthfake.synthesize_fakes(ds.items, open_store(ds.root), synth, 1.0, s.seed, s.max_image_pixels,
+                                         splits=(split,))
+    return [Entry(1, it.key, it.y) for it in made]
 
 
 def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path) -> tuple[dict[str, Any], Predictor]:
@@ -109,7 +110,8 @@ def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path) -> tuple[
         synthetic, _ = augment.augment_training_split(ds.items, store, synth, params, s.max_image_pixels)
         fakes, _ = synthfake.synthesize_fakes(ds.items, store, synth, s.synthetic_fakes, s.seed,
                                               s.max_image_pixels)
-        train_entries = ds.entries("train") + [Entry(1, it.key, it.y) for it in synthetic + fakes]
+        own = synthfake.without_twinned([it for it in ds.items if it.split == "train"], fakes)
+        train_entries = [Entry(0, it.key, it.y) for it in own] + [Entry(1, it.key, it.y) for it in synthetic + fakes]
         val = ds.entries("val")
     test = ds.entries("test")
     sides = [min(it.width, it.height) for it in ds.items if it.split == "train"]

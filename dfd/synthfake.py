@@ -33,7 +33,7 @@ from dfd.demo import upsampling_fake
 from dfd.imageio import decode_image, encode_like, suffix_like
 from dfd.storage import Store
 
-VERSION = "sf2"  # bump when the process changes, so old files are not reused
+VERSION = "sf3"  # bump when the process changes, so old files are not reused
 
 
 def _blend_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -104,8 +104,10 @@ def chosen_reals(items: list[Item], share: float, seed: int, split: str = "train
     return sorted(reals, key=lambda it: _digest(seed, it.sha256))[:n]
 
 
-def fake_key(item: Item, seed: int) -> str:
-    return f"df/synth-{item.sha256[:16]}-{_digest(seed, item.sha256).hex()[:8]}{suffix_like(item.key)}"
+def fake_key(item: Item, seed: int, label: str = "df") -> str:
+    """Where the synthetic fake of ``item`` goes (``label="real"``: its re-encoded twin)."""
+    kind = "synth" if label == "df" else "twin"
+    return f"{label}/{kind}-{item.sha256[:16]}-{_digest(seed, item.sha256).hex()[:8]}{suffix_like(item.key)}"
 
 
 def synthesize_fakes(
@@ -118,24 +120,38 @@ def synthesize_fakes(
     progress: Callable[[int, int], None] | None = None,
     splits: tuple[str, ...] = ("train",),
 ) -> tuple[list[Item], int]:
-    """Write one synthetic fake for ``share`` of the reals of ``splits`` (normally training only; every split
-    when the data has no fakes at all). Each fake keeps its real's split and group. Returns (fake items, files
-    written)."""
+    """Write one synthetic fake, and its real twin, for ``share`` of the reals of ``splits`` (normally training
+    only; every split when the data has no fakes at all). Returns (fake and twin items, files written).
+
+    The twin is the real image decoded and encoded exactly as its fake is, with no manipulation: the pair then
+    differs only by the manipulation, not by one more round of compression (a detector would otherwise learn
+    "re-compressed means fake", which real fakes contradict). The twin stands in for its real (see
+    :func:`without_twinned`). Both keep their real's split and group.
+    """
     if share <= 0:
         return [], 0
     chosen = [it for split in splits for it in chosen_reals(items, share, seed, split)]
-    fakes: list[Item] = []
+    out: list[Item] = []
     written = 0
     for n, item in enumerate(chosen, 1):
-        key = fake_key(item, seed)
-        if not target.exists(key):
+        keys = {label: fake_key(item, seed, label) for label in ("df", "real")}
+        if not all(target.exists(k) for k in keys.values()):
             data = source.read_bytes(item.key)
             pixels = decode_image(data, max_pixels).pixels
             rng = np.random.default_rng(int.from_bytes(_digest(seed, item.sha256)[:8], "little"))
-            target.write_bytes(key, encode_like(synthetic_fake(pixels, rng), data))
-            written += 1
-        fakes.append(Item(key=key, label="df", sha256="", phash=0, width=item.width, height=item.height,
-                          bytes=0, group=item.group, split=item.split))
+            target.write_bytes(keys["df"], encode_like(synthetic_fake(pixels, rng), data))
+            target.write_bytes(keys["real"], encode_like(pixels, data))
+            written += 2
+        out += [Item(key=k, label=label, sha256="", phash=0, width=item.width, height=item.height, bytes=0,
+                     group=item.group, split=item.split) for label, k in keys.items()]
         if progress and (n % 200 == 0 or n == len(chosen)):
             progress(n, len(chosen))
-    return fakes, written
+    return out, written
+
+
+def without_twinned(items: list[Item], synthetic: list[Item]) -> list[Item]:
+    """``items`` minus the reals that have a twin in ``synthetic``: the twin stands in for its real, so that every
+    real with a synthetic fake is seen with the same compression history as that fake."""
+    twinned = {it.key.split("/twin-", 1)[1][:16] for it in synthetic if "/twin-" in it.key}
+    return [it for it in items if it.sha256[:16] not in twinned]
+

@@ -37,13 +37,13 @@ def _entries(items: list[data.Item], split: str, store: int = 0) -> list[Entry]:
 
 
 def _split_entries(run_dir: Path, split: str, synthetic_manifest: str | None = None) -> list[Entry]:
-    """The images of ``split``: the user's (store 0) plus the synthetic ones of that split (store 1). Only
-    "reals only" runs have synthetic validation and test images (fakes made from those splits' reals)."""
-    entries = _entries(data.read_manifest(run_dir / "split_manifest.csv"), split)
+    """The images of ``split``: the user's (store 0) plus the synthetic ones of that split (store 1), where a
+    real's re-encoded twin stands in for it. Only "reals only" runs have synthetic validation and test images
+    (fakes made from those splits' reals)."""
+    items = data.read_manifest(run_dir / "split_manifest.csv")
     path = Path(synthetic_manifest) if synthetic_manifest else run_dir / "synthetic_manifest.csv"
-    if path.exists():
-        entries += _entries(data.read_manifest(path), split, store=1)
-    return entries
+    synthetic = data.read_manifest(path) if path.exists() else []
+    return _entries(synthfake.without_twinned(items, synthetic), split) + _entries(synthetic, split, store=1)
 
 
 @task(name="validate-data", retries=1, retry_delay_seconds=5)
@@ -120,9 +120,10 @@ def augment_data(s: S, validated: S) -> S:
         splits = data.SPLITS if validated.get("reals_only") else ("train",)
         fakes, fakes_written = synthfake.synthesize_fakes(
             items, data_store, synth_store, settings.synthetic_fakes, settings.seed, settings.max_image_pixels,
-            progress=lambda i, n: log.info("synthesised %d/%d fakes from reals", i, n), splits=splits)
-        log.info("synthetic fakes from %s reals: %d in use, %d newly written", "/".join(splits), len(fakes),
-                 fakes_written)
+            progress=lambda i, n: log.info("synthesised fakes (and re-encoded twins) of %d/%d reals", i, n),
+            splits=splits)
+        log.info("synthetic fakes and twins of %s reals: %d in use, %d newly written", "/".join(splits),
+                 len(fakes), fakes_written)
         synthetic, written = synthetic + fakes, written + fakes_written
     path = Path(validated["run_dir"]) / "synthetic_manifest.csv"
     data.write_manifest(synthetic, path)
@@ -153,6 +154,8 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
                                 "augment_per_image", "patience")}
     # Options that are off by default join the key (and the metadata) only when used, so existing keys hold.
     config.update({k: s[k] for k in ("robust_aug", "synthetic_fakes", "weights_path") if s.get(k)})
+    if s.get("synthetic_fakes"):
+        config["synthetic_version"] = synthfake.VERSION
     key = training_key(validated["fingerprint"], {**config, "spec": spec})
     log.info("training %s on %d images (%d synthetic), validating on %d; input %s",
              settings.arch, len(train_entries), len(synth), len(val_entries), spec)

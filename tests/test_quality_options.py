@@ -97,22 +97,47 @@ def test_self_blend_changes_a_soft_region_and_keeps_shape():
 def test_synthetic_fakes_use_training_reals_only_deterministic_and_idempotent(tiny_data: Path, tmp_path: Path):
     items = _split(tiny_data)
     src, out = open_store(tiny_data), open_store(tmp_path / "synthetic")
-    fakes, written = synthfake.synthesize_fakes(items, src, out, 0.5, seed=1, max_pixels=10**7)
+    made, written = synthfake.synthesize_fakes(items, src, out, 0.5, seed=1, max_pixels=10**7)
     train_reals = [it for it in items if it.split == "train" and it.y == 0]
-    assert written == len(fakes) == round(0.5 * len(train_reals)) > 0
-    assert all(f.label == "df" and f.y == 1 and f.split == "train" for f in fakes)
+    fakes = [f for f in made if f.y == 1]
+    twins = [f for f in made if f.y == 0]
+    assert written == len(made) == 2 * len(fakes) == 2 * len(twins) == 2 * round(0.5 * len(train_reals)) > 0
+    assert all(f.split == "train" for f in made)
+    assert all(f.key.startswith("df/synth-") for f in fakes) and all(t.key.startswith("real/twin-") for t in twins)
     files = sorted(o.key for o in out.list())
-    assert files == sorted(f.key for f in fakes) and all(k.startswith("df/synth-") for k in files)
+    assert files == sorted(f.key for f in made)
     used = {k.split("-")[1] for k in files}
     assert used <= {it.sha256[:16] for it in train_reals}
+    # Each twin stands in for its real; the other reals stay.
+    kept = synthfake.without_twinned(items, made)
+    assert len(kept) == len(items) - len(twins) and not {it.sha256[:16] for it in kept} & used
     mtimes = {o.key: o.mtime for o in out.list()}
     again, written_again = synthfake.synthesize_fakes(items, src, out, 0.5, seed=1, max_pixels=10**7)
-    assert written_again == 0 and [f.key for f in again] == [f.key for f in fakes]
+    assert written_again == 0 and [f.key for f in again] == [f.key for f in made]
     assert {o.key: o.mtime for o in out.list()} == mtimes
     other = open_store(tmp_path / "other")
     synthfake.synthesize_fakes(items, src, other, 0.5, seed=1, max_pixels=10**7)
     assert all(other.read_bytes(k) == out.read_bytes(k) for k in files)
     assert synthfake.synthesize_fakes(items, src, other, 0.0, seed=1, max_pixels=10**7) == ([], 0)
+
+
+def test_twin_and_fake_share_their_compression_and_differ_only_by_the_manipulation(tmp_path: Path):
+    """A JPEG real's twin and fake are both JPEGs with the real's tables; the twin's pixels are the real's,
+    re-encoded once more, like the fake's (so compression cannot separate the pair)."""
+    import io
+
+    from helpers import make_dataset
+
+    root = make_dataset(tmp_path / "jpeg-data", per_class=12, size=48, fmt="JPEG")
+    items = _split(root)
+    store = open_store(tmp_path / "synthetic")
+    made, _ = synthfake.synthesize_fakes(items, open_store(root), store, 1.0, seed=1, max_pixels=10**7)
+    twin = next(f for f in made if f.y == 0)
+    real = next(it for it in items if it.sha256[:16] == twin.key.split("-")[1])
+    with Image.open(root / real.key) as a, Image.open(io.BytesIO(store.read_bytes(twin.key))) as b:
+        assert b.format == "JPEG" and b.quantization == a.quantization
+        diff = np.abs(np.asarray(a.convert("RGB"), np.int16) - np.asarray(b.convert("RGB"), np.int16))
+        assert 0 < diff.mean() < 3  # one more round of the same compression: close, not identical
 
 
 def test_synthetic_fakes_are_encoded_like_their_source(tmp_path: Path):
