@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -160,7 +161,7 @@ def describe_input(spec: dict[str, Any]) -> str:
 
 def render(rows: list[tuple[str, str, dict[str, Any]]], sets: list[str], settings: Settings, cmd: str,
            wall_s: float, planned: int) -> str:
-    """The markdown report: main table, cross-set table, target checks, settings and command."""
+    """The markdown report: main table, cross-set table, target checks, settings and command(s)."""
     out = [] if len(rows) == planned else [f"**Partial: {len(rows)} of {planned} runs so far.**", ""]
     out += ["| set | config | input | test AUC | AUC JPEG q50 (drop) | AUC x0.5 (drop) | AP | accuracy @thr "
            "| ECE | epochs | train img/s | train wall s |",
@@ -189,8 +190,16 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], sets: list[str], setting
             f"face_crop={settings.face_crop}, seed={settings.seed}. Split: duplicate-aware, "
             f"{1 - settings.val_fraction - settings.test_fraction:.0%}/{settings.val_fraction:.0%}/"
             f"{settings.test_fraction:.0%}. Machine: {os.cpu_count()} CPU cores, no GPU. "
-            f"Whole run: {wall_s / 60:.0f} min.",
-            "", f"Command: `{cmd}`"]
+            f"This run: {wall_s / 60:.0f} min."]
+    commands = list(dict.fromkeys(r.get("command", cmd) for _, _, r in rows))
+    if len(commands) <= 1:
+        out += ["", f"Command: `{commands[0] if commands else cmd}`"]
+    else:
+        out += ["", "Commands (the rows come from more than one run; `--merge` keeps the rows it does not re-measure):",
+                ""]
+        for c in commands:
+            which = ", ".join(f"{n}/{k}" for n, k, r in rows if r.get("command", cmd) == c)
+            out.append(f"- `{c}`: {which}")
     return "\n".join(out) + "\n"
 
 
@@ -223,6 +232,37 @@ def targets(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def rows_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def load_rows(out: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """The rows a previous run saved next to ``out`` (for ``--merge``)."""
+
+    path = rows_path(out)
+    if not path.exists():
+        return []
+    return [(r["set"], r["config"], r["row"]) for r in json.loads(path.read_text())]
+
+
+def merge_rows(old: list[tuple[str, str, dict[str, Any]]], new: list[tuple[str, str, dict[str, Any]]],
+               sets: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``old`` with the rows of ``new`` replacing those of the same (set, configuration), in set then
+    configuration order."""
+    by = {(n, c): r for n, c, r in old} | {(n, c): r for n, c, r in new}
+    order = list(dict.fromkeys([*sets, *(n for n, _, _ in old)]))
+    return sorted(((n, c, r) for (n, c), r in by.items()),
+                  key=lambda t: (order.index(t[0]), list(CONFIGS).index(t[1])))
+
+
+def save_rows(out: Path, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+
+    path = rows_path(out)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([{"set": n, "config": c, "row": r} for n, c, r in rows], indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def write_report(path: Path, report: str) -> None:
     """Write ``report`` to ``path``; between the markers when the file has them (the rest is kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-fakes", type=float, help="share of training reals that yield a fake")
     parser.add_argument("--face-crop", action="store_true", default=None, help="views from the largest face")
     parser.add_argument("--no-cross", action="store_true", help="skip the cross-set scores")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of a previous run (saved next to "
+                        "--out as .json) that this run does not re-measure")
     parser.add_argument("--out", type=Path, help="default: docs/QUALITY.md for --suite full, else "
                                                  "bench/out/quality.md")
     args = parser.parse_args(argv)
@@ -268,13 +310,16 @@ def main(argv: list[str] | None = None) -> int:
         counts = {s: sum(it.split == s for it in ds.items) for s in data.SPLITS}
         print(f"{name}: {len(ds.items)} usable images, split {counts}", flush=True)
     rows: list[tuple[str, str, dict[str, Any]]] = []
-    planned, report = len(sets) * len(configs), ""
+    old = load_rows(out) if args.merge else []
+    planned = len(merge_rows(old, [(n, c, {}) for n in sets for c in configs], list(sets)))
+    report = ""
     cmd = ("python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     for name, ds in sets.items():
         with tempfile.TemporaryDirectory() as synth_dir:
             for config in configs:
                 print(f"[{(time.monotonic() - started) / 60:.0f} min] {name}: training {config} ...", flush=True)
                 r, predictor = run_one(ds, config, settings, Path(synth_dir))
+                r["command"] = cmd
                 if not args.no_cross:
                     r["cross"] = {o: cross_auc(predictor, other) for o, other in sets.items() if o != name}
                 rows.append((name, config, r))
@@ -283,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['auc_half']:.4f}) AP {r['ap']:.4f} acc {r['acc']:.4f} ECE {r['ece']:.4f} "
                       f"({r['train_s']:.0f}s){' cross: ' + cross if cross else ''}", flush=True)
                 del predictor
-                report = render(rows, list(sets), settings, cmd, time.monotonic() - started, planned)
+                merged = merge_rows(old, rows, list(sets))
+                all_sets = list(dict.fromkeys(n for n, _, _ in merged))
+                report = render(merged, all_sets, settings, cmd, time.monotonic() - started, planned)
                 write_report(out, report)  # after every run, so a long run that is stopped keeps its rows
+                save_rows(out, merged)
     print("\n" + report)
     print(f"written to {out}")
     return 0
