@@ -53,6 +53,8 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("the retrain flow's defaults", {}),
     "seed-cnn": ("the seed's baseline architecture", {"arch": "seed-cnn"}),
+    "efficientnet-b0": ("EfficientNet-B0 from random weights on the same crops (no download)",
+                        {"arch": "efficientnet-b0"}),
     "robust-aug": ("default + robustness augmentation (p 0.3 each)", {"robust_aug": 0.3}),
     "synthetic-fakes": ("default + synthetic fakes from half the training reals", {"synthetic_fakes": 0.5}),
     "face-crop": ("default with face-aware views toggled", {"face_crop": "toggle"}),

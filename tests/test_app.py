@@ -93,6 +93,17 @@ def test_overview_shows_champion_metrics_plots_runs_and_batches(client):
         assert Image.open(io.BytesIO(img.data)).size[0] > 0
 
 
+def test_reals_only_runs_say_their_test_fakes_are_synthetic(client):
+    html = client.get("/").get_data(as_text=True)
+    assert "reals-only-notice" not in html
+    run_json = Path(client.application.config["ARTIFACTS_URL"]) / "runs" / CHAMPION / "run.json"
+    run = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**run, "reals_only": True}))
+    for page in (client.get("/"), client.get(f"/runs/{CHAMPION}")):
+        html = page.get_data(as_text=True)
+        assert 'id="reals-only-notice"' in html and "the test fakes are synthetic" in html
+
+
 def test_overview_without_champion_explains_what_to_do(tmp_path):
     app = create_app({"ARTIFACTS_URL": str(tmp_path / "empty"), "REFRESH_SECONDS": 0})
     c = app.test_client()
