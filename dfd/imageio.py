@@ -137,4 +137,3 @@ def encode_like(pixels: np.ndarray, source: bytes) -> bytes:
 def suffix_like(key: str) -> str:
     """The file suffix :func:`encode_like` output gets for a source named ``key``."""
     return ".jpg" if key.lower().endswith((".jpg", ".jpeg")) else ".png"
-

@@ -16,7 +16,9 @@ used and every random draw come from a hash of (seed, image content, settings), 
 the hash, so the output is deterministic and a rerun writes nothing. Files go under ``df/`` of the synthetic
 store, next to the augment stage's copies, encoded like their source (:func:`dfd.imageio.encode_like`: a
 JPEG real gives a JPEG fake with the same quantisation tables), so that the file format says nothing about
-the label.
+the label. Each fake comes with a *twin* under ``real/``: its real, decoded and re-encoded the same way, which
+stands in for the real in training, so the pair differs only by the manipulation and not by one more round of
+compression.
 """
 
 from __future__ import annotations
@@ -154,4 +156,3 @@ def without_twinned(items: list[Item], synthetic: list[Item]) -> list[Item]:
     real with a synthetic fake is seen with the same compression history as that fake."""
     twinned = {it.key.split("/twin-", 1)[1][:16] for it in synthetic if "/twin-" in it.key}
     return [it for it in items if it.sha256[:16] not in twinned]
-
