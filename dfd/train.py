@@ -122,7 +122,7 @@ def train(
     val_ds = _dataset(val_entries, stores, spec, batch_size, False, seed, max_pixels)
     history_csv = work_dir / "history.csv"
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        _Backup(work_dir / "backup", log),
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                       restore_best_weights=True),
@@ -143,6 +143,27 @@ def train(
     }
     shutil.rmtree(work_dir, ignore_errors=True)
     return model, history, stats
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras's per-epoch backup, safe against a kill in the middle of its own write: it keeps the previous
+    checkpoint as well (``double_checkpoint``) and falls back to it when the latest is unreadable; when neither
+    can be read, training starts over (and says so) instead of failing."""
+
+    def __init__(self, backup_dir: Path, log: Log):
+        super().__init__(str(backup_dir), double_checkpoint=True)
+        self._log = log
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        initial = self.model.get_weights()
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as exc:
+            self._log(f"the training checkpoint in {self.backup_dir} is unreadable ({type(exc).__name__}: "
+                      f"{str(exc)[:120]}); training starts over from epoch 1")
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            self.model.set_weights(initial)
+            self.model._initial_epoch = 0  # noqa: SLF001 - the attribute BackupAndRestore itself sets
 
 
 def _read_history(path: Path) -> dict[str, list[float]]:

@@ -197,3 +197,42 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
     assert len(history["loss"]) == stats["epochs_run"] >= total - 1
     assert not work.exists()  # the checkpoint folder is removed after success
     assert np.isfinite(history["loss"]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("previous", [True, False])
+def test_a_checkpoint_torn_by_a_kill_falls_back_or_starts_over(tmp_path: Path, previous: bool):
+    """A kill while Keras writes the checkpoint leaves a torn weights file. Training then resumes from the
+    previous checkpoint when there is one, else starts over, and never fails."""
+    import json
+
+    from dfd.model import build_model
+    from dfd.preprocess import make_spec
+    from dfd.storage import open_store
+    from dfd.train import Entry, train
+
+    data_root = make_dataset(tmp_path / "d", per_class=12, size=32)
+    store = open_store(data_root)
+    entries = [Entry(0, o.key, int(o.key.startswith("df/"))) for o in store.list()]
+    work = tmp_path / "work"
+    backup = work / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n torn in the middle of a write")
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 3, "batch": 0}))
+    if previous:
+        model = build_model("patchnet", 32, width=8, learning_rate=1e-3, seed=0)
+        model.optimizer.build(model.trainable_variables)
+        model.save_weights(str(tmp_path / "prev.weights.h5"))
+        (tmp_path / "prev.weights.h5").rename(backup / "latest.weights.h5.bkp")
+        (backup / "training_metadata.json.bkp").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    lines: list[str] = []
+    _, history, stats = train(entries, entries[:4] + entries[-4:], [store], arch="patchnet",
+                              spec=make_spec("crop", 32, 1), epochs=4, batch_size=8, learning_rate=1e-3,
+                              width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append)
+    epochs = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("epoch ")]
+    if previous:
+        assert epochs == [3, 4], lines  # resumed after the previous checkpoint's 2 epochs
+    else:
+        assert any("starts over" in line for line in lines), lines
+        assert epochs == [1, 2, 3, 4], lines
+    assert np.isfinite(history["loss"]).all() and not work.exists()
