@@ -37,12 +37,11 @@ import numpy as np  # noqa: E402
 
 from dfd import augment, data, evaluate, robust, synthfake  # noqa: E402
 from dfd.imageio import decode_image  # noqa: E402
-from dfd.model import input_spec_for  # noqa: E402
+from dfd.model import input_spec_for_data  # noqa: E402
 from dfd.predict import Predictor  # noqa: E402
-from dfd.preprocess import choose_crop_size  # noqa: E402
 from dfd.settings import Settings  # noqa: E402
 from dfd.storage import open_store  # noqa: E402
-from dfd.train import Entry, train  # noqa: E402
+from dfd.train import Entry, split_entries, train  # noqa: E402
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
@@ -93,11 +92,12 @@ def config_settings(base: Settings, config: str) -> tuple[Settings, bool]:
 
 
 def _reals_with_fakes(ds: DataSet, split: str, synth: Any, s: Settings) -> list[Entry]:
-    """The reals of ``split`` as their re-encoded twins, plus one synthetic fake of each (written to the
-    synthetic store)."""
-    made, _ = synthfake.synthesize_fakes(ds.items, open_store(ds.root), synth, 1.0, s.seed, s.max_image_pixels,
+    """The reals of ``split`` (as their re-encoded twins) plus one synthetic fake of each, written to the
+    synthetic store; the set's real fakes are left out."""
+    reals = [it for it in ds.items if it.y == 0]
+    made, _ = synthfake.synthesize_fakes(reals, open_store(ds.root), synth, 1.0, s.seed, s.max_image_pixels,
                                          splits=(split,))
-    return [Entry(1, it.key, it.y) for it in made]
+    return split_entries(reals, made, split)
 
 
 def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path) -> tuple[dict[str, Any], Predictor]:
@@ -113,14 +113,12 @@ def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path) -> tuple[
         synthetic, _ = augment.augment_training_split(ds.items, store, synth, params, s.max_image_pixels)
         fakes, _ = synthfake.synthesize_fakes(ds.items, store, synth, s.synthetic_fakes, s.seed,
                                               s.max_image_pixels)
-        own = synthfake.without_twinned([it for it in ds.items if it.split == "train"], fakes)
-        train_entries = [Entry(0, it.key, it.y) for it in own] + [Entry(1, it.key, it.y) for it in synthetic + fakes]
+        train_entries = split_entries(ds.items, synthetic + fakes, "train")
         val = ds.entries("val")
     test = ds.entries("test")
     sides = [min(it.width, it.height) for it in ds.items if it.split == "train"]
-    crop = choose_crop_size(sides, s.max_crop_size, s.crop_size)
-    big = float(np.median(sides)) >= 1.25 * crop
-    spec = input_spec_for(s.arch, crop, s.eval_crops if big else 1, face_crop=s.face_crop)
+    spec = input_spec_for_data(s.arch, sides, max_crop=s.max_crop_size, crop_size=s.crop_size,
+                               eval_crops=s.eval_crops, face_crop=s.face_crop)
     with tempfile.TemporaryDirectory() as work:
         started = time.monotonic()
         model, _history, stats = train(

@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from dfd.preprocess import InputSpec, make_spec  # noqa: E402
+from dfd.preprocess import InputSpec, choose_crop_size, make_spec  # noqa: E402
 
 CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake)
 MODEL_FILE = "model.keras"
@@ -36,6 +36,16 @@ def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5, face_crop: bo
     if arch == "seed-cnn":
         return make_spec("resize", 64, 1, face_crop=face_crop)
     return make_spec("crop", crop_size, eval_crops, face_crop=face_crop)
+
+
+def input_spec_for_data(arch: str, min_sides: list[int], *, max_crop: int, crop_size: int = 0,
+                        eval_crops: int = 5, face_crop: bool = False) -> InputSpec:
+    """The input spec for training ``arch`` on images whose shorter sides are ``min_sides``: the crop size
+    comes from the data (see :func:`dfd.preprocess.choose_crop_size`), and scoring averages several crops only
+    when the images are clearly larger than one crop."""
+    crop = choose_crop_size(min_sides, max_crop, crop_size)
+    big = bool(min_sides) and float(np.median(min_sides)) >= 1.25 * crop
+    return input_spec_for(arch, crop, eval_crops if big else 1, face_crop=face_crop)
 
 
 def build_model(

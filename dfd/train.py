@@ -21,6 +21,7 @@ from dfd.model import build_model, keras
 from dfd.preprocess import InputSpec, center_view
 from dfd.robust import robust_train_view
 from dfd.storage import Store
+from dfd.synthfake import without_twinned
 
 Log = Callable[[str], None]
 
@@ -32,6 +33,13 @@ class Entry:
     store: int
     key: str
     y: int
+
+
+def split_entries(items: Sequence[Any], synthetic: Sequence[Any], split: str) -> list[Entry]:
+    """The images of ``split``: the user's ``items`` (store 0) plus the ``synthetic`` ones of that split
+    (store 1), where a real's re-encoded twin stands in for it (see :mod:`dfd.synthfake`)."""
+    own = [Entry(0, it.key, it.y) for it in without_twinned(list(items), list(synthetic)) if it.split == split]
+    return own + [Entry(1, it.key, it.y) for it in synthetic if it.split == split]
 
 
 def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec, batch_size: int,

@@ -32,18 +32,14 @@ def _stores(settings: Settings):
             open_store(settings.artifacts_url, endpoint))
 
 
-def _entries(items: list[data.Item], split: str, store: int = 0) -> list[Entry]:
-    return [Entry(store, it.key, it.y) for it in items if it.split == split]
-
-
 def _split_entries(run_dir: Path, split: str, synthetic_manifest: str | None = None) -> list[Entry]:
-    """The images of ``split``: the user's (store 0) plus the synthetic ones of that split (store 1), where a
-    real's re-encoded twin stands in for it. Only "reals only" runs have synthetic validation and test images
-    (fakes made from those splits' reals)."""
-    items = data.read_manifest(run_dir / "split_manifest.csv")
+    """The images of ``split`` from the run's manifests (see :func:`dfd.train.split_entries`). Only "reals
+    only" runs have synthetic validation and test images (fakes made from those splits' reals)."""
+    from dfd.train import split_entries
+
     path = Path(synthetic_manifest) if synthetic_manifest else run_dir / "synthetic_manifest.csv"
     synthetic = data.read_manifest(path) if path.exists() else []
-    return _entries(synthfake.without_twinned(items, synthetic), split) + _entries(synthetic, split, store=1)
+    return split_entries(data.read_manifest(run_dir / "split_manifest.csv"), synthetic, split)
 
 
 @task(name="validate-data", retries=1, retry_delay_seconds=5)
@@ -134,8 +130,7 @@ def augment_data(s: S, validated: S) -> S:
 @task(name="train")
 def train_model(s: S, validated: S, synthetic: S) -> S:
     """Train on the training split plus its synthetic images; validate on the validation split."""
-    from dfd.model import input_spec_for, library_versions, save_model
-    from dfd.preprocess import choose_crop_size
+    from dfd.model import input_spec_for_data, library_versions, save_model
     from dfd.train import train, training_key
 
     log = get_run_logger()
@@ -145,11 +140,9 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
     synth = [it for it in data.read_manifest(synthetic["manifest"]) if it.split == "train"]
     train_entries = _split_entries(run_dir, "train", synthetic["manifest"])
     val_entries = _split_entries(run_dir, "val", synthetic["manifest"])
-    crop = choose_crop_size(validated["min_sides"], settings.max_crop_size, settings.crop_size)
-    # Several crops only pay off when images are clearly larger than one crop.
-    sides = validated["min_sides"]
-    big = bool(sides) and float(np.median(sides)) >= 1.25 * crop
-    spec = input_spec_for(settings.arch, crop, settings.eval_crops if big else 1, face_crop=settings.face_crop)
+    spec = input_spec_for_data(settings.arch, validated["min_sides"], max_crop=settings.max_crop_size,
+                               crop_size=settings.crop_size, eval_crops=settings.eval_crops,
+                               face_crop=settings.face_crop)
     config = {k: s[k] for k in ("arch", "epochs", "batch_size", "learning_rate", "width", "seed",
                                 "augment_per_image", "patience")}
     # Options that are off by default join the key (and the metadata) only when used, so existing keys hold.

@@ -121,6 +121,23 @@ def test_synthetic_fakes_use_training_reals_only_deterministic_and_idempotent(ti
     assert synthfake.synthesize_fakes(items, src, other, 0.0, seed=1, max_pixels=10**7) == ([], 0)
 
 
+def test_split_entries_let_twins_stand_in_for_their_reals(tiny_data: Path, tmp_path: Path):
+    from dfd.train import split_entries
+
+    items = _split(tiny_data)
+    made, _ = synthfake.synthesize_fakes(items, open_store(tiny_data), open_store(tmp_path / "s"), 0.5, seed=1,
+                                         max_pixels=10**7)
+    twinned = {f.key.split("-")[1] for f in made}
+    train = split_entries(items, made, "train")
+    keys = {e.key for e in train}
+    assert {f.key for f in made} <= keys and all(e.store == 1 for e in train if e.key in {f.key for f in made})
+    own = [e for e in train if e.store == 0]
+    assert own and not {it.sha256[:16] for it in items if it.key in {e.key for e in own}} & twinned
+    assert len(train) == sum(it.split == "train" for it in items) + len(made) // 2
+    val = split_entries(items, made, "val")  # synthetic images are training-only here
+    assert [e.key for e in val] == [it.key for it in items if it.split == "val"]
+
+
 def test_twin_and_fake_share_their_compression_and_differ_only_by_the_manipulation(tmp_path: Path):
     """A JPEG real's twin and fake are both JPEGs with the real's tables; the twin's pixels are the real's,
     re-encoded once more, like the fake's (so compression cannot separate the pair)."""
