@@ -39,6 +39,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import stat as stat_module
@@ -354,27 +355,37 @@ def read_input(store: Store, obj: ObjectInfo, max_bytes: int) -> bytes:
     """The file's bytes, or :class:`ImageError` with reason ``unreadable``/``file too large``.
 
     On a local store, anything that is not a regular file (a FIFO, a device, a broken or looping symlink)
-    is refused before it is opened, so that it can neither block nor surprise the batch.
+    is refused before a byte is read, so that it can neither block nor surprise the batch.
     """
     if obj.size > max_bytes:
         raise ImageError("file too large", f"{obj.size:,} bytes is over the limit of {max_bytes:,}")
     try:
-        local = store.local_path(obj.key)
+        fd = store.open_local(obj.key)
+        if fd is None:
+            return store.read_bytes(obj.key)
     except StorageError as exc:
         raise ImageError("unreadable", _storage_reason(exc)) from None
-    if local is not None:
+    except OSError as exc:
+        raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
+    return _read_regular_file(fd, max_bytes)
+
+
+def _read_regular_file(fd: int, max_bytes: int) -> bytes:
+    """Read an open local file (and close it) once it is known to be a regular file under the size limit.
+    Checking the descriptor rather than the path leaves no gap for the file to be swapped in between."""
+    with open(fd, "rb", closefd=True) as f:
         try:
-            st = os.stat(local)
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
+                raise ImageError("unreadable", "not a regular file")
+            if st.st_size > max_bytes:
+                raise ImageError("file too large", f"{st.st_size:,} bytes is over the limit of {max_bytes:,}")
+            data = f.read()  # not read(max_bytes + 1): that allocates the whole limit for every file
         except OSError as exc:
             raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
-        if not stat_module.S_ISREG(st.st_mode):
-            raise ImageError("unreadable", "not a regular file")
-        if st.st_size > max_bytes:
-            raise ImageError("file too large", f"{st.st_size:,} bytes is over the limit of {max_bytes:,}")
-    try:
-        return store.read_bytes(obj.key)
-    except StorageError as exc:
-        raise ImageError("unreadable", _storage_reason(exc)) from None
+    if len(data) > max_bytes:
+        raise ImageError("file too large", f"it grew past the limit of {max_bytes:,} bytes while being read")
+    return data
 
 
 def _storage_reason(exc: Exception) -> str:
@@ -426,6 +437,14 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -437,15 +456,16 @@ def stream_scores(
     batch_size: int,
     known: Callable[[str], bool],
     max_bytes: int,
-    chunk: int = 8,
+    chunk: int | None = None,
     parallel: int | None = None,
 ) -> Iterator[tuple[list[int], list[int], list[str], list[tuple[float | None, int | None, int | None, str]]]]:
     """Stream ``items`` through read -> hash -> decode -> views (parallel, in tf.data) -> batched inference.
 
     Yields, per finished batch, the item indices with their status (OK, CACHED, BAD_CONTENT, READ_ERROR),
-    sha256 and (score, width, height, error). The parallel map works on small chunks of files (``chunk``)
-    to keep tf.data's per-call overhead low; only a bounded number of images is alive at a time: one decoded
-    image per map call in flight, plus the views of ``batch_size`` images times the prefetch depth.
+    sha256 and (score, width, height, error). The parallel map (``parallel`` workers, default one per core)
+    works on chunks of up to 32 files (``chunk``) to keep tf.data's per-call overhead low. Only a bounded
+    number of images is alive at a time: one decoded image per worker, plus the views of ``batch_size``
+    images times the prefetch depth.
     ``known(sha)`` says whether that content is already scored with this model (then it is not decoded).
     """
     import tensorflow as tf
@@ -453,7 +473,10 @@ def stream_scores(
     k = predictor.views_per_image
     size = int(predictor.spec["size"])
     view_shape = (k, size, size, 3)
-    chunk = max(1, min(int(chunk), int(batch_size)))
+    workers = max(1, int(parallel or cpu_cores()))
+    if chunk is None:  # big enough to keep per-call overhead low, small enough to spread a small folder
+        chunk = math.ceil(len(items) / (4 * workers))
+    chunk = max(1, min(int(chunk), int(batch_size), 32))
 
     def load_one(i: int, views_out: np.ndarray) -> tuple[int, str, int, int, str]:
         """Fill ``views_out`` for item ``i``; returns (status, sha256, width, height, error)."""
@@ -506,8 +529,14 @@ def stream_scores(
         return tuple(out)
 
     ds = tf.data.Dataset.range(len(items)).batch(chunk)
-    ds = ds.map(tf_load, num_parallel_calls=parallel or tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=False)
     ds = ds.unbatch().batch(max(1, int(batch_size))).prefetch(2)
+    # A fixed pipeline, not tf.data's autotuner: with the model running beside it, the autotuner left the
+    # decode workers idle half the time in about a third of the runs (the same CPU work in twice the wall
+    # time; bench/score_throughput.py, 2 cores). Fixed: one worker per core and a prefetch of two batches.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
     for idx, views, status, sha, width, height, err in ds.as_numpy_iterator():
         ok = status == OK
         scores = np.full(len(idx), np.nan)

@@ -249,9 +249,9 @@ def test_stream_is_bounded_not_materialised(tmp_path, artifacts, predictor):
     reads = []
 
     class Counting(LocalStore):
-        def read_bytes(self, key):
+        def open_local(self, key):
             reads.append(key)
-            return super().read_bytes(key)
+            return super().open_local(key)
 
     counting = Counting(folder)
     items = scan_folder(store).items
@@ -259,7 +259,7 @@ def test_stream_is_bounded_not_materialised(tmp_path, artifacts, predictor):
     first = next(gen)
     time.sleep(0.5)  # let the read-ahead fill up
     assert len(first[0]) == 4
-    assert len(reads) < 100, f"{len(reads)} files read after the first batch"
+    assert 4 <= len(reads) < 100, f"{len(reads)} files read after the first batch"
     gen.close()
 
 

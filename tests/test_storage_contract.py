@@ -143,6 +143,48 @@ def test_local_path_only_for_the_local_backend(store):
         assert store.local_path("x") is None
 
 
+def test_open_local_only_for_the_local_backend(store):
+    store.write_bytes("a/b/x", b"123")
+    fd = store.open_local("a/b/x")
+    if not isinstance(store, LocalStore):
+        assert fd is None
+        return
+    with open(fd, "rb") as f:
+        assert f.read() == b"123"
+
+
+def test_open_local_follows_links_only_inside_the_store(tmp_path):
+    """Links inside the store are followed; links that leave it, loops and folder links that leave it are
+    refused, whether or not the folder was checked before."""
+    root = tmp_path / "store"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x.jpg").write_bytes(b"inside")
+    (tmp_path / "secret.jpg").write_bytes(b"outside")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "y.jpg").write_bytes(b"outside too")
+    os.symlink("sub/x.jpg", root / "link-in.jpg")
+    os.symlink(tmp_path / "secret.jpg", root / "sub" / "link-out.jpg")
+    os.symlink("loop.jpg", root / "loop.jpg")
+    os.symlink(tmp_path / "elsewhere", root / "linked-folder")
+    store = LocalStore(root)
+
+    def read(key):
+        with open(store.open_local(key), "rb") as f:
+            return f.read()
+
+    assert read("sub/x.jpg") == b"inside" and read("link-in.jpg") == b"inside"
+    with pytest.raises(StorageError, match="leaves the store"):
+        store.open_local("sub/link-out.jpg")
+    with pytest.raises(StorageError, match="(?i)loop"):
+        store.open_local("loop.jpg")
+    with pytest.raises(StorageError, match="leaves the store"):
+        store.open_local("linked-folder/y.jpg")
+    with pytest.raises(FileNotFoundError):
+        store.open_local("sub/missing.jpg")
+    with pytest.raises(StorageError, match="'..' is not allowed"):
+        store.open_local("sub/../../secret.jpg")
+
+
 def test_upload_and_download_a_20_mb_file_in_parts(store, tmp_path):
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(20 * 1024 * 1024 + 123))
