@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from dfd import pipeline
 from dfd.imageio import ImageError, decode_image, image_size
 from dfd.storage import Conflict, NotFound, ObjectInfo, StorageError, Store, join, open_store
 
@@ -437,14 +438,6 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -473,7 +466,7 @@ def stream_scores(
     k = predictor.views_per_image
     size = int(predictor.spec["size"])
     view_shape = (k, size, size, 3)
-    workers = max(1, int(parallel or cpu_cores()))
+    workers = max(1, int(parallel or pipeline.cpu_cores()))
     if chunk is None:  # big enough to keep per-call overhead low, small enough to spread a small folder
         chunk = math.ceil(len(items) / (4 * workers))
     chunk = max(1, min(int(chunk), int(batch_size), 32))
@@ -530,13 +523,7 @@ def stream_scores(
 
     ds = tf.data.Dataset.range(len(items)).batch(chunk)
     ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=False)
-    ds = ds.unbatch().batch(max(1, int(batch_size))).prefetch(2)
-    # A fixed pipeline, not tf.data's autotuner: with the model running beside it, the autotuner left the
-    # decode workers idle half the time in about a third of the runs (the same CPU work in twice the wall
-    # time; bench/score_throughput.py, 2 cores). Fixed: one worker per core and a prefetch of two batches.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    ds = ds.with_options(options)
+    ds = pipeline.fixed(ds.unbatch().batch(max(1, int(batch_size))).prefetch(pipeline.PREFETCH_BATCHES))
     for idx, views, status, sha, width, height, err in ds.as_numpy_iterator():
         ok = status == OK
         scores = np.full(len(idx), np.nan)

@@ -161,9 +161,9 @@ class LocalStore(Store):
         return path
 
     def read_bytes(self, key: str) -> bytes:
-        path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(self.open_local(key), "rb", closefd=True) as f:
+                return f.read()
         except FileNotFoundError:
             raise NotFound(f"not found: {self.describe(key)}") from None
         except IsADirectoryError:

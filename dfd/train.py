@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from dfd import pipeline
 from dfd.imageio import decode_image
 from dfd.model import build_model, keras
 from dfd.preprocess import InputSpec, center_view
@@ -70,8 +71,8 @@ def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec,
     if training:
         ds = ds.shuffle(len(entries), seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed)))
-    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(tf_load, num_parallel_calls=pipeline.cpu_cores(), deterministic=True)
+    return pipeline.fixed(ds.batch(batch_size).prefetch(pipeline.PREFETCH_BATCHES))
 
 
 def class_weights(ys: Sequence[int]) -> dict[int, float]:
