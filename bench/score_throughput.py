@@ -1,6 +1,6 @@
 """Batch-scoring throughput: the flow's scoring core against a naive loop and the decode-only ceiling.
 
-    python bench/score_throughput.py                 # everything, about 1.5 minutes on 2 cores (first run: more,
+    python bench/score_throughput.py                 # everything, 1.5 to 4 minutes on 2 cores (first run: more,
                                                      # it builds the 20,000-file folder once)
     python bench/score_throughput.py --quick         # smaller sets, under a minute
     python bench/score_throughput.py --model tiny    # a model much cheaper than decoding: the pipeline's own limit
@@ -249,6 +249,24 @@ def section(name: str, folder: Path, predictor, version: str, batch_size: int, n
             "naive_n": min(naive_n, len(files)), "rounds": all_rounds}
 
 
+def cpu_description() -> str:
+    """The CPU's model name and widest vector extension (Linux). The model's speed varies between machines far
+    more than decoding's (the demo champion alone: 4,387 and 713 images/s on two 2-core machines, decoding 3,112
+    and 1,830), so a table is only comparable with the CPU it was measured on."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown CPU":
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
+    return f"{name}, {vector.replace('avx512f', 'avx512')}" if vector else name
+
+
 def _proc_status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -354,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"         camera = {args.camera} generated 1600x1200 JPEGs (q90)")
     loadavg = os.getloadavg()[0]
     print(
-        f"machine: {cores} cores (load average {loadavg:.1f} at the end); batch size {args.batch_size}; "
-        f"views per image {predictor.views_per_image}; median of {args.rounds} interleaved rounds"
+        f"machine: {cores} cores ({cpu_description()}; load average {loadavg:.1f} at the end); "
+        f"batch size {args.batch_size}; views per image {predictor.views_per_image}; "
+        f"median of {args.rounds} interleaved rounds"
     )
     print()
     print(f"{'set':<8} {'files':>6} {'(a) core':>10} {'(b) naive':>10} {'(c) decode':>11} {'(d) model':>10} "
