@@ -253,18 +253,16 @@ def cpu_description() -> str:
     """The CPU's model name and widest vector extension (Linux). The model's speed varies between machines far
     more than decoding's (the demo champion alone: 4,387 and 713 images/s on two 2-core machines, decoding 3,112
     and 1,830), so a table is only comparable with the CPU it was measured on."""
-    name, flags = "unknown CPU", set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "unknown CPU":
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
-    return f"{name}, {vector.replace('avx512f', 'avx512')}" if vector else name
+        return "unknown CPU"
+    info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first_cpu.splitlines())}
+    flags = set(info.get("flags", "").split())
+    vector = next((label for flag, label in (("avx512f", "avx512"), ("avx2", "avx2"), ("avx", "avx"),
+                                              ("sse4_2", "sse4.2")) if flag in flags), "")
+    name = info.get("model name", "unknown CPU")
+    return f"{name}, {vector}" if vector else name
 
 
 def _proc_status_kb(field: str) -> int | None:
