@@ -1,8 +1,21 @@
 """Data stage: discover labelled images, decode each safely, quarantine what cannot be used, group
-duplicates, and make a stratified, duplicate-aware split with a fixed seed.
+duplicates and related files, and make a stratified, group-aware split with a fixed seed.
 
 The data root holds ``real/`` and ``df/`` (deepfake) folders, searched recursively. The user's files are
 only ever read.
+
+Groups never straddle splits. A group is the union of
+
+* exact and near duplicates (perceptual hash within ``near_duplicate_distance`` bits), and
+* files that share a *named group* (see :func:`named_group`). By default (``group_by="folder"``) that is the
+  first subfolder under ``real/`` or ``df/``: frames of one video, photos of one person or one shoot are
+  near-copies that a perceptual hash does not always catch, and a split that puts them on both sides measures
+  memory, not detection. Files directly in ``real/`` or ``df/`` have no name. ``group_by="none"`` turns the
+  rule off; ``group_by="regex:PATTERN"`` names the group by the pattern's first capture group (or whole
+  match) searched in the path below the class folder, for layouts that keep the group in the file name.
+
+Since the two rules are unioned, a fake video's frames join the group of the real video they were made from
+whenever any pair of frames is a near duplicate (a face swap leaves the rest of the frame untouched).
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -203,8 +217,36 @@ def check_enough(items: list[Item], quarantine: list[Quarantined], found: Counte
         )
 
 
-def group_near_duplicates(items: Iterable[Item], max_distance: int) -> list[int]:
-    """Union exact and near duplicates (perceptual-hash Hamming distance <= max_distance) into groups.
+GROUP_BY_HELP = "folder (first subfolder under real/ or df/), none, or regex:PATTERN"
+
+
+def check_group_by(group_by: str) -> None:
+    """Refuse a ``group_by`` value that cannot be used, naming the choices."""
+    if group_by in ("folder", "none"):
+        return
+    if not group_by.startswith("regex:"):
+        raise DataError(f"group_by must be {GROUP_BY_HELP}; got {group_by!r}")
+    try:
+        re.compile(group_by[len("regex:"):])
+    except re.error as exc:
+        raise DataError(f"group_by regex {group_by[len('regex:'):]!r} is not valid: {exc}") from None
+
+
+def named_group(key: str, group_by: str) -> str:
+    """The named group of a file (``""`` for none; see the module docstring). ``key`` is ``<class>/<path>``."""
+    label, _, rest = key.partition("/")
+    if group_by == "folder":
+        return f"{label}/{rest.split('/', 1)[0]}" if "/" in rest else ""
+    if group_by.startswith("regex:"):
+        m = re.search(group_by[len("regex:"):], rest)
+        if m:
+            return m.group(1) if m.groups() and m.group(1) is not None else m.group(0)
+    return ""
+
+
+def group_near_duplicates(items: Iterable[Item], max_distance: int, group_by: str = "none") -> list[int]:
+    """Union exact and near duplicates (perceptual-hash Hamming distance <= max_distance), and files of the
+    same named group (see :func:`named_group`), into groups.
 
     Candidate pairs come from splitting the 64-bit hash into ``max_distance + 1`` bands: by the pigeonhole
     principle two hashes within the distance agree exactly on at least one band, so no pair is missed and
@@ -225,10 +267,16 @@ def group_near_duplicates(items: Iterable[Item], max_distance: int) -> list[int]
             parent[max(ra, rb)] = min(ra, rb)
 
     by_sha: dict[str, int] = {}
+    by_name: dict[str, int] = {}
     for i, it in enumerate(items):
         if it.sha256 in by_sha:
             union(i, by_sha[it.sha256])
         by_sha.setdefault(it.sha256, i)
+        name = named_group(it.key, group_by) if group_by != "none" else ""
+        if name:
+            if name in by_name:
+                union(i, by_name[name])
+            by_name.setdefault(name, i)
     hashes = [it.phash for it in items]
     n_bands = max_distance + 1
     edges = np.linspace(0, 64, n_bands + 1).astype(int)
@@ -284,10 +332,11 @@ def split_groups(items: list[Item], groups: list[int], val_fraction: float, test
 
 
 def assign_splits(result: ValidationResult, *, near_distance: int, val_fraction: float,
-                  test_fraction: float, seed: int) -> None:
-    """Group duplicates and split, in place, then check every split has both classes (only reals when the data
-    has no fakes at all: they are then synthesised per split)."""
-    groups = group_near_duplicates(result.items, near_distance)
+                  test_fraction: float, seed: int, group_by: str = "folder") -> None:
+    """Group duplicates and related files and split, in place, then check every split has both classes (only
+    reals when the data has no fakes at all: they are then synthesised per split)."""
+    check_group_by(group_by)
+    groups = group_near_duplicates(result.items, near_distance, group_by)
     splits = split_groups(result.items, groups, val_fraction, test_fraction, seed)
     for it, g, s in zip(result.items, groups, splits, strict=True):
         it.group, it.split = g, s
@@ -297,9 +346,25 @@ def assign_splits(result: ValidationResult, *, near_distance: int, val_fraction:
         for cls, n in counts[s].items():
             if n == 0 and not (reals_only and cls == "deepfake"):
                 raise DataError(
-                    f"the {s} split has no '{cls}' images: near-duplicate groups are too large for this data "
-                    f"set ({len(set(groups))} groups for {len(groups)} images); add more distinct images"
+                    f"the {s} split has no '{cls}' images: groups are too few or too large for this data set "
+                    f"({len(set(groups))} groups for {len(groups)} images, grouped by near duplicates and "
+                    f"group_by={group_by!r}); add more distinct images or videos, or set group_by to 'none' "
+                    "if the subfolders are not videos or people"
                 )
+
+
+def groups_per_split(items: Iterable[Item]) -> dict[str, int]:
+    """How many distinct groups each split holds (the split report)."""
+    seen: dict[str, set[int]] = {s: set() for s in SPLITS}
+    for it in items:
+        if it.split:
+            seen[it.split].add(it.group)
+    return {s: len(g) for s, g in seen.items()}
+
+
+def multi_member_groups(items: Iterable[Item]) -> int:
+    """Groups with two or more files (duplicates, frames of one video...); singletons are not groups."""
+    return sum(1 for n in Counter(it.group for it in items).values() if n >= 2)
 
 
 def fingerprint(items: Iterable[Item]) -> str:

@@ -137,3 +137,36 @@ def metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, Any]:
 
 def auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc_score(y, s))
+
+
+def auc_interval(y: np.ndarray, s: np.ndarray, groups: Sequence[Any] | None = None, *, level: float = 0.95,
+                 n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for the ROC AUC, resampling whole ``groups`` (videos, near-duplicate
+    sets) rather than images: frames of one video are not independent evidence, and an image-level bootstrap
+    would make a model at chance look significant. Without groups every image is its own group.
+    Returns (nan, nan) when one class is missing."""
+    y = np.asarray(y).astype(int)
+    s = np.asarray(s, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    _, gid = np.unique(np.asarray(groups if groups is not None else np.arange(len(y))).astype(str),
+                       return_inverse=True)
+    levels, lvl = np.unique(s, return_inverse=True)
+    pos, neg = y == 1, y == 0
+    rng = np.random.default_rng(seed)
+    n_groups = int(gid.max()) + 1
+    aucs = []
+    for _ in range(n_boot):
+        w = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups))[gid].astype(np.float64)
+        w_pos, w_neg = w[pos].sum(), w[neg].sum()
+        if w_pos == 0 or w_neg == 0:
+            continue
+        neg_at = np.bincount(lvl[neg], weights=w[neg], minlength=len(levels))
+        below = np.cumsum(neg_at) - neg_at
+        wins = (w[pos] * (below[lvl[pos]] + 0.5 * neg_at[lvl[pos]])).sum()
+        aucs.append(wins / (w_pos * w_neg))
+    if not aucs:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(aucs, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -48,6 +48,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_file_bytes: int = 64 * 1024 * 1024
     near_duplicate_distance: int = 4
+    # Files that must stay in one split: "folder" (first subfolder under real/ or df/, e.g. one video),
+    # "none", or "regex:PATTERN" (see dfd.data).
+    group_by: str = "folder"
 
     # Augmentation (the seed's "synthetic data"): copies per training image, written to synthetic_url.
     augment_per_image: int = 0  # measured: resampled copies stalled patchnet on lfw_faceswap_2k (docs/QUALITY.md)
@@ -71,13 +74,22 @@ class Settings:
     width: int = 32
     # Robustness augmentation: probability of each degradation (downscale, colour, blur, JPEG); 0 = off.
     robust_aug: float = 0.0
+    # Scale augmentation: probability that a training image is first down-scaled by a random factor in [0.5, 1].
+    scale_aug: float = 0.0
     # Crop to the largest detected face (OpenCV Haar cascade) before cutting views; whole image if none.
     face_crop: bool = False
     # Optional pretrained weights file for the efficientnet-b0 backbone (empty = random initialisation).
     weights_path: str = ""
 
+    # Training restarts after a stalled start (see dfd.train): epochs checked, and tries in all (0/1 = off).
+    stall_epochs: int = 2
+    max_train_attempts: int = 3
+
     # Promotion: the candidate must not be worse than the champion by more than this AUC on the same images.
     promotion_tolerance: float = 0.005
+    # Quality floor: never promote a model whose AUC 95% lower bound (group bootstrap, validation and test)
+    # is at or below this, with or without a champion (dfd.promotion).
+    min_auc: float = 0.55
 
     # Scoring.
     score_batch_size: int = 64
@@ -134,6 +146,14 @@ class Settings:
             raise SettingsError("robust_aug must be a probability between 0 and 1")
         if not 0 <= self.synthetic_fakes <= 1:
             raise SettingsError("synthetic_fakes must be between 0 and 1")
+        if not 0 <= self.scale_aug <= 1:
+            raise SettingsError("scale_aug must be a probability between 0 and 1")
+        if not 0 <= self.min_auc < 1:
+            raise SettingsError("min_auc must be between 0 and 1 (0.5 = chance)")
+        if self.stall_epochs < 0 or self.max_train_attempts < 1:
+            raise SettingsError("stall_epochs must be >= 0 and max_train_attempts >= 1")
+        if self.group_by not in ("folder", "none") and not self.group_by.startswith("regex:"):
+            raise SettingsError(f"group_by must be 'folder', 'none' or 'regex:PATTERN', not {self.group_by!r}")
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict, without anything that could be a secret."""

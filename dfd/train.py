@@ -1,5 +1,13 @@
 """Train stage: a streaming tf.data pipeline (parallel decode, prefetch), class weights, early stopping on
-validation AUC, and a checkpoint every epoch so that a killed training resumes where it stopped.
+validation AUC, a checkpoint every epoch so that a killed training resumes where it stopped, and recovery
+from a stalled start.
+
+A start is *stalled* when, for each of the first ``stall_epochs`` epochs, the training loss stays pinned at
+ln 2 (what a constant output scores with balanced class weights) and the validation AUC stays within 0.01 of
+0.5: the network has collapsed to a constant and more epochs at the same learning rate rarely revive it. The
+try is then abandoned and training restarts from a new seed at a lower learning rate, at most
+``max_attempts`` tries in all; every try is logged and returned in the stats. When the last try stalls too,
+the stats say that no signal was found (and the promotion's quality floor refuses the model).
 """
 
 from __future__ import annotations
@@ -7,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -34,17 +43,19 @@ class Entry:
     store: int
     key: str
     y: int
+    group: int = -1  # near-duplicate / video group (for grouped confidence intervals); -1 = unknown
 
 
 def split_entries(items: Sequence[Any], synthetic: Sequence[Any], split: str) -> list[Entry]:
     """The images of ``split``: the user's ``items`` (store 0) plus the ``synthetic`` ones of that split
     (store 1), where a real's re-encoded twin stands in for it (see :mod:`dfd.synthfake`)."""
-    own = [Entry(0, it.key, it.y) for it in without_twinned(list(items), list(synthetic)) if it.split == split]
-    return own + [Entry(1, it.key, it.y) for it in synthetic if it.split == split]
+    own = [Entry(0, it.key, it.y, it.group) for it in without_twinned(list(items), list(synthetic))
+           if it.split == split]
+    return own + [Entry(1, it.key, it.y, it.group) for it in synthetic if it.split == split]
 
 
 def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec, batch_size: int,
-             training: bool, seed: int, max_pixels: int, robust_aug: float = 0.0):
+             training: bool, seed: int, max_pixels: int, robust_aug: float = 0.0, scale_aug: float = 0.0):
     import tensorflow as tf
 
     size = int(spec["size"])
@@ -56,7 +67,8 @@ def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec,
         i = int(i)
         pixels = decode_image(stores[store_idx[i]].read_bytes(str(keys[i])), max_pixels).pixels
         if training:
-            view = robust_train_view(pixels, spec, np.random.default_rng(int(sample_seed)), robust_aug)
+            view = robust_train_view(pixels, spec, np.random.default_rng(int(sample_seed)), robust_aug,
+                                     scale_aug)
         else:
             view = center_view(pixels, spec)
         return view.astype(np.float32), ys[i]
@@ -97,6 +109,62 @@ class _EpochLog(keras.callbacks.Callback):
         self.log(f"epoch {epoch + 1}/{self.epochs} {shown} ({dt:.1f}s, {self.n_images / max(dt, 1e-9):.0f} img/s)")
 
 
+LN2 = math.log(2.0)
+STALL_LOSS_MARGIN = 0.005  # training loss within this of ln 2 (or above it) counts as pinned
+STALL_AUC_MARGIN = 0.01  # validation AUC within this of 0.5 counts as chance
+
+
+def is_stalled_epoch(logs: dict[str, float]) -> bool:
+    """One epoch's logs show a collapsed network: loss pinned at ln 2 (or worse) with validation AUC at chance,
+    or a diverged one (loss not finite)."""
+    loss, val_auc = logs.get("loss"), logs.get("val_auc")
+    if loss is None:
+        return False
+    if not math.isfinite(loss):
+        return True
+    return val_auc is not None and loss >= LN2 - STALL_LOSS_MARGIN and abs(val_auc - 0.5) < STALL_AUC_MARGIN
+
+
+class _ExactValAUC(keras.callbacks.Callback):
+    """Replaces Keras's ``val_auc`` with the exact ROC AUC of the validation predictions.
+
+    Keras's metric counts predictions in 200 fixed buckets. A freshly initialised network's outputs can all
+    fall into one bucket (logit spread 5e-4 on the test images) while already ranking the classes well
+    (exact AUC 0.83), so the metric reads 0.5000 for epochs: early stopping then judges a slow start as no
+    progress and a stall check would restart a model that is learning. Callbacks after this one (the stall
+    guard, early stopping, the CSV log) see the exact value."""
+
+    def __init__(self, val_ds: Any, y: np.ndarray):
+        super().__init__()
+        self.val_ds, self.y = val_ds, np.asarray(y)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None or len(np.unique(self.y)) < 2:
+            return
+        from sklearn.metrics import roc_auc_score
+
+        scores = np.asarray(self.model.predict(self.val_ds, verbose=0), dtype=np.float64).reshape(-1)
+        logs["val_auc"] = float(roc_auc_score(self.y, np.nan_to_num(scores, nan=0.5)))
+
+
+class _StallGuard(keras.callbacks.Callback):
+    """Stops a try whose first ``epochs`` epochs are all stalled (see the module docstring)."""
+
+    def __init__(self, epochs: int, stop: bool):
+        super().__init__()
+        self.epochs, self.stop = epochs, stop
+        self.stalled_epochs: list[int] = []
+        self.stalled = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if is_stalled_epoch(logs or {}):
+            self.stalled_epochs.append(epoch)
+        if self.epochs and epoch + 1 == self.epochs and self.stalled_epochs == list(range(self.epochs)):
+            self.stalled = True
+            if self.stop:
+                self.model.stop_training = True
+
+
 def train(
     train_entries: Sequence[Entry],
     val_entries: Sequence[Entry],
@@ -114,41 +182,80 @@ def train(
     work_dir: str | Path,
     log: Log = print,
     robust_aug: float = 0.0,
+    scale_aug: float = 0.0,
     weights_path: str = "",
+    stall_epochs: int = 2,
+    max_attempts: int = 3,
+    stall_lr_factor: float = 0.25,
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
     """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
 
     ``work_dir`` holds the per-epoch backup; it is keyed by the caller (data + settings), so rerunning the
-    same training after a crash resumes from the last finished epoch. It is removed after success.
-    ``robust_aug`` is the probability of each training-time degradation (see :mod:`dfd.robust`).
+    same training after a crash resumes from the last finished epoch (and skips tries already found stalled).
+    It is removed after success. ``robust_aug`` is the probability of each training-time degradation and
+    ``scale_aug`` that of a down-scale alone (see :mod:`dfd.robust`). A stalled try (see the module
+    docstring) is restarted with seed ``seed + 1000 * k`` and learning rate ``learning_rate *
+    stall_lr_factor ** k`` for try ``k``; ``stall_epochs = 0`` turns the check off.
     """
-    keras.utils.set_random_seed(seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(arch, int(spec["size"]), width=width, learning_rate=learning_rate, seed=seed,
-                        weights_path=weights_path)
-    train_ds = _dataset(train_entries, stores, spec, batch_size, True, seed, max_pixels, robust_aug)
-    val_ds = _dataset(val_entries, stores, spec, batch_size, False, seed, max_pixels)
-    history_csv = work_dir / "history.csv"
-    callbacks = [
-        _Backup(work_dir / "backup", log),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                      restore_best_weights=True),
-        _EpochLog(log, epochs, len(train_entries)),
-    ]
+    tries_file = work_dir / "attempts.json"
+    attempts: list[dict[str, Any]] = json.loads(tries_file.read_text()) if tries_file.is_file() else []
+    weights = class_weights([e.y for e in train_entries])
     started = time.monotonic()
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
-              class_weight=class_weights([e.y for e in train_entries]), callbacks=callbacks)
+    while True:
+        k = len(attempts)
+        last = k + 1 >= max(1, max_attempts)
+        try_seed, try_lr = seed + 1000 * k, learning_rate * stall_lr_factor ** k
+        suffix = f"-{k + 1}" if k else ""
+        if k:
+            log(f"try {k + 1}/{max_attempts}: restarting from seed {try_seed} at learning rate {try_lr:.2e}")
+        keras.utils.set_random_seed(try_seed)
+        model = build_model(arch, int(spec["size"]), width=width, learning_rate=try_lr, seed=try_seed,
+                            weights_path=weights_path)
+        train_ds = _dataset(train_entries, stores, spec, batch_size, True, try_seed, max_pixels, robust_aug,
+                            scale_aug)
+        val_ds = _dataset(val_entries, stores, spec, batch_size, False, try_seed, max_pixels)
+        history_csv = work_dir / f"history{suffix}.csv"
+        guard = _StallGuard(stall_epochs, stop=not last)
+        callbacks = [
+            _Backup(work_dir / f"backup{suffix}", log),
+            _ExactValAUC(val_ds, np.array([e.y for e in val_entries])),
+            keras.callbacks.CSVLogger(str(history_csv), append=True),
+            guard,
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                          restore_best_weights=True),
+            _EpochLog(log, epochs, len(train_entries)),
+        ]
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
+                  class_weight=weights, callbacks=callbacks)
+        history = _read_history(history_csv)
+        record = {"try": k + 1, "seed": try_seed, "learning_rate": try_lr,
+                  "epochs": len(history.get("loss", [])), "outcome": "stalled" if guard.stalled else "trained"}
+        if guard.stalled and not last:
+            attempts.append(record)
+            tries_file.write_text(json.dumps(attempts))
+            log(f"try {k + 1} stalled: loss pinned at ln 2 and validation AUC at 0.5 for the first "
+                f"{stall_epochs} epochs (a collapsed, constant output)")
+            continue
+        no_signal = guard.stalled and not any(v >= 0.5 + STALL_AUC_MARGIN for v in history.get("val_auc", []))
+        if no_signal:
+            record["outcome"] = "stalled"
+            log(f"no signal found: every one of {k + 1} tries stayed at chance (validation AUC 0.5) or diverged; "
+                "the model learned nothing and must not be promoted")
+        attempts.append(record)
+        break
     seconds = time.monotonic() - started
-    history = _read_history(history_csv)
     epochs_run = len(history.get("loss", []))
     stats = {
         "epochs_run": epochs_run,
         "train_seconds": round(seconds, 2),
         "train_images": len(train_entries),
-        "train_images_per_s": round(len(train_entries) * max(epochs_run, 1) / max(seconds, 1e-9), 1),
-        "class_weights": class_weights([e.y for e in train_entries]),
+        "train_images_per_s": round(len(train_entries) * max(sum(a["epochs"] for a in attempts), 1)
+                                    / max(seconds, 1e-9), 1),
+        "class_weights": weights,
+        "attempts": attempts,
+        "no_signal": no_signal,
     }
     shutil.rmtree(work_dir, ignore_errors=True)
     return model, history, stats

@@ -70,6 +70,9 @@ def retrain(
     robust_aug: float | None = None,
     synthetic_fakes: float | None = None,
     face_crop: bool | None = None,
+    scale_aug: float | None = None,
+    group_by: str | None = None,
+    min_auc: float | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Retrain on the labelled data and promote the result if it is not worse than the champion.
@@ -84,7 +87,8 @@ def retrain(
         data_url=data_url, artifacts_url=artifacts_url, synthetic_url=synthetic_url, arch=arch, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, crop_size=crop_size,
         augment_per_image=augment_per_image, min_images_per_class=min_images_per_class, seed=seed,
-        robust_aug=robust_aug, synthetic_fakes=synthetic_fakes, face_crop=face_crop,
+        robust_aug=robust_aug, synthetic_fakes=synthetic_fakes, face_crop=face_crop, scale_aug=scale_aug,
+        group_by=group_by, min_auc=min_auc,
     )
     s = settings.public_dict()
     s["webhook_url"] = settings.webhook_url
@@ -118,7 +122,8 @@ def retrain(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_url": settings.data_url,
         "data_fingerprint": validated["fingerprint"],
-        "data_counts": {**counts, "quarantined": validated["quarantined"], "synthetic": synthetic["count"]},
+        "data_counts": {**counts, "quarantined": validated["quarantined"], "synthetic": synthetic["count"],
+                        "groups": validated["groups_per_split"]},
         "arch": settings.arch,
         "test_auc": evaluated["test_auc"],
         "test_ap": evaluated["test_ap"],
@@ -127,6 +132,9 @@ def retrain(
         "temperature": evaluated["temperature"],
         "epochs_run": trained["epochs_run"],
         "train_seconds": trained["train_seconds"],
+        "train_attempts": len(trained["attempts"]),
+        "no_signal": trained["no_signal"],
+        "quality_floor_passed": evaluated["floor_passed"],
         "demo_data": validated["demo_data"],
         "reals_only": validated.get("reals_only", False),
         "plots": plot_files,
@@ -156,6 +164,11 @@ def print_summary(result: dict[str, Any], seconds: float) -> None:
     print(f"test AUC     {result['test_auc']:.4f}   AP {result['test_ap']:.4f}   "
           f"accuracy {result['test_accuracy']:.4f} at threshold {result['threshold']:.3f}")
     print(f"decision     {result['decision'].upper()}: {result['reason']}")
+    if result.get("train_attempts", 1) > 1:
+        print(f"training     {result['train_attempts']} tries: the earlier ones stalled (see metrics.json)")
+    if result.get("no_signal") or result.get("quality_floor_passed") is False:
+        print("NOTE         the model learned nothing usable from this data: it was not promoted. Check the labels, "
+              "add data, or see docs/QUALITY.md for what this detector can and cannot learn")
     print(f"took         {seconds:.0f}s")
     if result.get("demo_data"):
         print(f"NOTE         {DEMO_NOTE}")
@@ -181,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of training reals that also yield a synthetic fake (0 = off)")
     parser.add_argument("--face-crop", action="store_true", default=None,
                         help="cut the model's views from the largest detected face")
+    parser.add_argument("--scale-aug", type=float,
+                        help="probability that a training image is first down-scaled x0.5-x1 (0 = off)")
+    parser.add_argument("--group-by", help="files kept in one split: folder (first subfolder under real/ or "
+                        "df/, e.g. a video), none, or regex:PATTERN")
+    parser.add_argument("--min-auc", type=float,
+                        help="quality floor: the AUC 95%% lower bound a model must beat to be promoted")
     parser.add_argument("--force", action="store_true", help="retrain even if the data is unchanged")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not generate the demo data set when the default data folder is empty")

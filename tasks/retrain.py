@@ -13,7 +13,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from dfd import augment, data, evaluate, plots, registry, synthfake
+from dfd import augment, data, evaluate, plots, promotion, registry, synthfake
 from dfd.demo import DEMO_NOTE
 from dfd.settings import Settings
 from dfd.storage import Conflict, open_store
@@ -56,7 +56,7 @@ def validate_data(s: S) -> S:
     )
     data.assign_splits(result, near_distance=settings.near_duplicate_distance,
                        val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
-                       seed=settings.seed)
+                       seed=settings.seed, group_by=settings.group_by)
     fp = data.fingerprint(result.items)
     version = registry.new_version(fp)
     run_dir = Path(settings.work_dir).resolve() / "runs" / version
@@ -66,8 +66,10 @@ def validate_data(s: S) -> S:
     counts = result.counts()
     demo = data_store.exists("README.txt") and DEMO_NOTE in data_store.read_text("README.txt")
     groups = len({it.group for it in result.items})
-    log.info("usable images: %s; %d set aside; %d duplicate groups; fingerprint %s",
-             json.dumps(counts), len(result.quarantine), groups, fp[:12])
+    per_split = data.groups_per_split(result.items)
+    log.info("usable images: %s; %d set aside; %d groups of related files (duplicates, group_by=%s); "
+             "groups per split: %s; fingerprint %s", json.dumps(counts), len(result.quarantine),
+             data.multi_member_groups(result.items), settings.group_by, json.dumps(per_split), fp[:12])
     for q in result.quarantine[:20]:
         log.warning("set aside %s: %s %s", q.key, q.reason, q.detail)
     if demo:
@@ -84,6 +86,7 @@ def validate_data(s: S) -> S:
         "counts": counts,
         "quarantined": len(result.quarantine),
         "groups": groups,
+        "groups_per_split": per_split,
         "demo_data": bool(demo),
         "min_sides": sorted(min(it.width, it.height) for it in result.items if it.split == "train"),
     }
@@ -146,7 +149,7 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
     config = {k: s[k] for k in ("arch", "epochs", "batch_size", "learning_rate", "width", "seed",
                                 "augment_per_image", "patience")}
     # Options that are off by default join the key (and the metadata) only when used, so existing keys hold.
-    config.update({k: s[k] for k in ("robust_aug", "synthetic_fakes", "weights_path") if s.get(k)})
+    config.update({k: s[k] for k in ("robust_aug", "scale_aug", "synthetic_fakes", "weights_path") if s.get(k)})
     if s.get("synthetic_fakes"):
         config["synthetic_version"] = synthfake.VERSION
     key = training_key(validated["fingerprint"], {**config, "spec": spec})
@@ -157,7 +160,8 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
         batch_size=settings.batch_size, learning_rate=settings.learning_rate, width=settings.width,
         patience=settings.patience, seed=settings.seed, max_pixels=settings.max_image_pixels,
         work_dir=Path(settings.work_dir).resolve() / "train" / key, log=log.info,
-        robust_aug=settings.robust_aug, weights_path=settings.weights_path,
+        robust_aug=settings.robust_aug, scale_aug=settings.scale_aug, weights_path=settings.weights_path,
+        stall_epochs=settings.stall_epochs, max_attempts=settings.max_train_attempts,
     )
     metadata = {
         "version": validated["version"],
@@ -195,12 +199,17 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
     predictor = Predictor.from_folder(run_dir)
     val, test = _split_entries(run_dir, "val"), _split_entries(run_dir, "test")
     y_val, y_test = np.array([e.y for e in val]), np.array([e.y for e in test])
-    raw_val = evaluate.score_entries(predictor, val, stores, max_pixels=settings.max_image_pixels)
-    raw_test = evaluate.score_entries(predictor, test, stores, max_pixels=settings.max_image_pixels)
+    # A diverged model outputs NaN; scored as 0.5 (no opinion) it is measured, and refused, like any dud.
+    raw_val, raw_test = (np.nan_to_num(evaluate.score_entries(predictor, part, stores,
+                                                              max_pixels=settings.max_image_pixels), nan=0.5)
+                         for part in (val, test))
     temperature = evaluate.fit_temperature(y_val, raw_val)
     s_val = evaluate.apply_temperature(raw_val, temperature)
     s_test = evaluate.apply_temperature(raw_test, temperature)
     threshold = evaluate.choose_threshold(y_val, s_val)
+    intervals = {name: _auc_interval(entries, scores, settings.seed)
+                 for name, entries, scores in (("validation", val, s_val), ("test", test, s_test))}
+    floor = promotion.quality_floor(intervals, settings.min_auc)
     result = {
         "threshold": threshold,
         "threshold_rule": evaluate.THRESHOLD_RULE,
@@ -210,6 +219,8 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
         "test_uncalibrated_ece": evaluate.expected_calibration_error(y_test, raw_test),
         "test_fakes": "synthetic (made from the test reals; df/ was empty)" if validated.get("reals_only")
         else "real (df/)",
+        "quality_floor": floor,
+        "training": {k: trained[k] for k in ("attempts", "no_signal", "epochs_run") if k in trained},
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     with (run_dir / "test_scores.csv").open("w", newline="") as fh:
@@ -224,9 +235,20 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
     log.info("test: AUC %.4f  AP %.4f  EER %.4f  accuracy %.4f at threshold %.3f (%.4f at 0.5)  ECE %.4f",
              t["roc_auc"], t["average_precision"], t["eer"], t["at_threshold"]["accuracy"], threshold,
              t["at_0.5"]["accuracy"], t["ece"])
+    (log.info if floor["passed"] else log.warning)("quality floor: %s", floor["reason"])
     return {"metrics": str(run_dir / "metrics.json"), "test_auc": t["roc_auc"],
             "test_ap": t["average_precision"], "test_accuracy": t["at_threshold"]["accuracy"],
-            "threshold": threshold, "temperature": temperature}
+            "threshold": threshold, "temperature": temperature,
+            "floor_passed": floor["passed"], "floor_reason": floor["reason"]}
+
+
+def _auc_interval(entries: list[Entry], scores: np.ndarray, seed: int) -> S:
+    """AUC with its 95% group-bootstrap interval (see :func:`dfd.evaluate.auc_interval`)."""
+    y = np.array([e.y for e in entries])
+    groups = [e.group if e.group >= 0 else f"item{i}" for i, e in enumerate(entries)]
+    low, high = evaluate.auc_interval(y, scores, groups, seed=seed)
+    return {"auc": evaluate.auc(y, scores) if len(set(y.tolist())) == 2 else float("nan"),
+            "low": low, "high": high, "groups": len(set(groups))}
 
 
 def _headline(m: S) -> S:
@@ -288,7 +310,8 @@ def publish_run(s: S, validated: S) -> S:
 
 @task(name="promote", retries=2, retry_delay_seconds=5)
 def promote(s: S, validated: S, evaluated: S) -> S:
-    """Make the candidate champion if it is not worse than the champion on the candidate's test images.
+    """Make the candidate champion if it clears the quality floor and is not worse than the champion on the
+    candidate's test images (see :mod:`dfd.promotion`).
 
     The champion is re-scored on exactly those images; the candidate wins if its test AUC is at least the
     champion's minus ``promotion_tolerance``. The pointer switch is conditional on the champion not having
@@ -300,6 +323,11 @@ def promote(s: S, validated: S, evaluated: S) -> S:
     settings = _settings(s)
     data_store, synth_store, artifacts = _stores(settings)
     version = validated["version"]
+    if not evaluated["floor_passed"]:
+        champion = registry.champion_version(artifacts)
+        log.warning("REJECTED: %s", evaluated["floor_reason"])
+        return {"decision": "rejected", "reason": evaluated["floor_reason"], "champion_before": champion,
+                "champion_auc_on_same_test": None}
     test = _split_entries(Path(validated["run_dir"]), "test")
     y = np.array([e.y for e in test])
     candidate_auc = float(evaluated["test_auc"])
@@ -313,10 +341,8 @@ def promote(s: S, validated: S, evaluated: S) -> S:
             champ_scores = evaluate.score_entries(Predictor.from_folder(folder), test, [data_store, synth_store],
                                                   max_pixels=settings.max_image_pixels)
             champion_auc = evaluate.auc(y, champ_scores)
-            promoted = candidate_auc >= champion_auc - settings.promotion_tolerance
-            verb = "not worse than" if promoted else "worse than"
-            reason = (f"test AUC {candidate_auc:.4f} is {verb} champion {champion}'s {champion_auc:.4f} "
-                      f"on the same {len(test)} test images (tolerance {settings.promotion_tolerance})")
+            promoted, reason = promotion.versus_champion(candidate_auc, champion, champion_auc,
+                                                         settings.promotion_tolerance, len(test))
         if not promoted:
             break
         try:

@@ -136,3 +136,61 @@ def test_manifest_round_trip(tiny_data: Path, tmp_path: Path):
     back = data.read_manifest(tmp_path / "m.csv")
     assert [(b.key, b.split, b.phash, b.sha256) for b in back] == [
         (i.key, i.split, i.phash, i.sha256) for i in result.items]
+
+
+def _video_dataset(root: Path, videos_per_class: int = 8, frames: int = 6) -> Path:
+    """real/<video>/ and df/<video>/ folders whose frames are distinct photos (a pHash cannot link them), as
+    with frames of one video far apart in time."""
+    rng = np.random.default_rng(11)
+    for label in ("real", "df"):
+        for v in range(videos_per_class):
+            folder = root / label / f"{label}{v:02d}"
+            folder.mkdir(parents=True)
+            for f in range(frames):
+                (folder / f"frame{f}.png").write_bytes(png_bytes(synthetic_photo(rng, 32)))
+    return root
+
+
+@pytest.mark.parametrize("group_by", ["folder", "regex:^([a-z]+\\d+)/"])
+def test_frames_of_one_video_stay_in_one_split(tmp_path: Path, group_by: str):
+    root = _video_dataset(tmp_path / "d")
+    result = data.validate(open_store(root), **KW)
+    data.assign_splits(result, near_distance=4, val_fraction=0.2, test_fraction=0.2, seed=0, group_by=group_by)
+    split_of_video: dict[str, set[str]] = {}
+    for it in result.items:
+        split_of_video.setdefault(it.key.rsplit("/", 1)[0], set()).add(it.split)
+    assert len(split_of_video) == 16 and all(len(s) == 1 for s in split_of_video.values()), split_of_video
+    assert data.groups_per_split(result.items) == {
+        s: len({v for v, splits in split_of_video.items() if s in splits}) for s in data.SPLITS}
+    assert sum(data.groups_per_split(result.items).values()) == 16
+    assert data.multi_member_groups(result.items) == 16
+
+
+def test_group_by_none_lets_frames_of_a_video_straddle_splits(tmp_path: Path):
+    root = _video_dataset(tmp_path / "d")
+    result = data.validate(open_store(root), **KW)
+    data.assign_splits(result, near_distance=4, val_fraction=0.2, test_fraction=0.2, seed=0, group_by="none")
+    splits = {}
+    for it in result.items:
+        splits.setdefault(it.key.rsplit("/", 1)[0], set()).add(it.split)
+    assert any(len(s) > 1 for s in splits.values())
+    assert data.multi_member_groups(result.items) == 0  # distinct photos: no duplicate groups, no singletons
+
+
+def test_files_directly_in_the_class_folders_have_no_named_group():
+    assert data.named_group("real/a.jpg", "folder") == ""
+    assert data.named_group("real/vid7/a.jpg", "folder") == "real/vid7"
+    assert data.named_group("df/vid7/sub/a.jpg", "folder") == "df/vid7"
+    assert data.named_group("df/person12_003.jpg", "regex:^(person\\d+)_") == "person12"
+    assert data.named_group("df/other.jpg", "regex:^(person\\d+)_") == ""
+
+
+def test_too_few_groups_and_a_bad_group_by_get_clear_errors(tmp_path: Path):
+    root = _video_dataset(tmp_path / "d", videos_per_class=2)
+    result = data.validate(open_store(root), **KW)
+    with pytest.raises(data.DataError, match="set group_by to 'none'"):
+        data.assign_splits(result, near_distance=4, val_fraction=0.2, test_fraction=0.2, seed=0)
+    with pytest.raises(data.DataError, match="group_by must be"):
+        data.assign_splits(result, near_distance=4, val_fraction=0.2, test_fraction=0.2, seed=0, group_by="video")
+    with pytest.raises(data.DataError, match="not valid"):
+        data.assign_splits(result, near_distance=4, val_fraction=0.2, test_fraction=0.2, seed=0, group_by="regex:(")

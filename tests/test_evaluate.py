@@ -37,3 +37,32 @@ def test_temperature_fixes_overconfidence():
     assert t > 2
     assert evaluate.expected_calibration_error(y, calibrated) < 0.03 < evaluate.expected_calibration_error(
         y, overconfident)
+
+
+def test_auc_interval_is_a_point_for_a_constant_model_and_tight_for_a_strong_one():
+    y = np.r_[np.zeros(100), np.ones(100)]
+    assert evaluate.auc_interval(y, np.full(200, 0.3)) == (0.5, 0.5)
+    s = y + np.random.default_rng(0).normal(0, 0.5, 200)
+    low, high = evaluate.auc_interval(y, s)
+    assert low < evaluate.auc(y, s) < high
+    assert low > 0.8 and high - low < 0.15
+
+
+def test_auc_interval_resamples_groups_not_images():
+    """12 'videos' of 50 near-identical frames each: per image the evidence looks overwhelming, per video it
+    is 12 draws, and the interval must say so."""
+    rng = np.random.default_rng(3)
+    video_label = np.array([0, 1] * 6)
+    video_score = rng.random(12)
+    groups = np.repeat(np.arange(12), 50)
+    y = video_label[groups]
+    s = video_score[groups] + rng.normal(0, 1e-3, 600)
+    per_image = evaluate.auc_interval(y, s)
+    per_video = evaluate.auc_interval(y, s, groups)
+    assert (per_video[1] - per_video[0]) > 3 * (per_image[1] - per_image[0])
+    assert per_video[0] < 0.5 < per_video[1]  # 12 videos cannot show that a coin-flip scorer beats chance
+
+
+def test_auc_interval_of_one_class_is_undefined():
+    low, high = evaluate.auc_interval(np.zeros(5), np.arange(5.0))
+    assert np.isnan(low) and np.isnan(high)

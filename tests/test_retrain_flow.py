@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -61,14 +63,35 @@ def webhook(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.slow
-def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefect_api, workspace, webhook):
-    from flows.retrain import retrain
+def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_skips_unchanged(
+        prefect_api, workspace, webhook, monkeypatch: pytest.MonkeyPatch):
+    from flows.retrain import print_summary, retrain
 
     common = dict(data_url=str(workspace["data"]), artifacts_url=str(workspace["artifacts"]),
                   synthetic_url=str(workspace["synthetic"]), min_images_per_class=5, batch_size=8)
-    first = retrain(**common, epochs=15)
-    assert first["decision"] == "promoted", first
     store = open_store(workspace["artifacts"])
+
+    # A model that outputs a constant (a learning rate of 10 collapses it in one epoch; no second try) is
+    # refused by the quality floor although there is no champion to beat.
+    monkeypatch.setenv("DFD_MAX_TRAIN_ATTEMPTS", "1")
+    dud = retrain(**common, epochs=2, learning_rate=10.0)
+    monkeypatch.delenv("DFD_MAX_TRAIN_ATTEMPTS")
+    assert dud["decision"] == "rejected" and dud["champion_before"] is None, dud
+    assert dud["reason"].startswith("no better than chance"), dud
+    assert dud["no_signal"] is True and dud["quality_floor_passed"] is False
+    assert registry.champion_version(store) is None
+    assert store.read_json(f"runs/{dud['version']}/run.json")["reason"] == dud["reason"]
+    metrics = store.read_json(f"runs/{dud['version']}/metrics.json")
+    assert metrics["quality_floor"]["passed"] is False and metrics["training"]["no_signal"] is True
+    assert metrics["quality_floor"]["splits"]["test"]["low"] <= 0.55
+    assert len(webhook) == 1 and "no better than chance" in webhook[0]["text"]
+    closing = io.StringIO()
+    with contextlib.redirect_stdout(closing):
+        print_summary(dud, 1.0)
+    assert "learned nothing usable from this data: it was not promoted" in closing.getvalue()
+
+    first = retrain(**common, epochs=15, force=True)
+    assert first["decision"] == "promoted", first
     version = first["version"]
     assert registry.champion_version(store) == version
     names = {o.key.split("/", 2)[2] for o in store.list(f"runs/{version}")}
@@ -98,12 +121,12 @@ def test_retrain_promotes_then_rejects_a_worse_model_then_skips_unchanged(prefec
     assert worse["champion_before"] == version
     assert registry.champion_version(store) == version
     assert store.read_json(f"runs/{worse['version']}/run.json")["decision"] == "rejected"
-    assert len(webhook) == 1 and "rejected" in webhook[0]["text"]  # the promotion sent nothing
+    assert len(webhook) == 2 and "rejected" in webhook[1]["text"]  # the promotion sent nothing
 
     # Same data again without force: a quick "unchanged" finish that publishes nothing.
     again = retrain(**common, epochs=2)
     assert again["decision"] == "unchanged"
-    assert len(registry.list_versions(store)) == 2
+    assert len(registry.list_versions(store)) == 3
 
 
 @pytest.mark.slow
@@ -117,8 +140,8 @@ def test_reals_only_trains_on_synthetic_fakes_and_says_so(prefect_api, workspace
     shutil.rmtree(workspace["data"] / "df")
     result = retrain(data_url=str(workspace["data"]), artifacts_url=str(workspace["artifacts"]),
                      synthetic_url=str(workspace["synthetic"]), min_images_per_class=5, batch_size=8, epochs=2,
-                     synthetic_fakes=1.0)
-    assert result["decision"] == "promoted" and result["reals_only"] is True, result
+                     synthetic_fakes=1.0, min_auc=0.0)  # the floor is tested above; this is about the fakes
+    assert result["decision"] == "promoted" and result["reals_only"] is True, (result["reason"], result)
     store = open_store(workspace["artifacts"])
     metrics = store.read_json(f"runs/{result['version']}/metrics.json")
     assert metrics["test_fakes"].startswith("synthetic")

@@ -11,7 +11,8 @@ from dfd import data
 from dfd.storage import open_store
 
 # Counts from ../shared/datasets/README.md (exact duplicates were removed there).
-EXPECTED = {"cifake_2k": (2000, 2000), "lfw_faceswap_2k": (2000, 2000), "yonsei_rff_256": (1081, 960)}
+EXPECTED = {"cifake_2k": (2000, 2000), "lfw_faceswap_2k": (2000, 2000), "yonsei_rff_256": (1081, 960),
+            "ffpp_c23_frames": (2023, 2188)}
 
 
 @pytest.mark.slow
@@ -29,6 +30,11 @@ def test_real_sets_validate_and_split_without_leaks(name):
     for it in result.items:
         splits_of_group[it.group].add(it.split)
     assert all(len(s) == 1 for s in splits_of_group.values())  # no near-duplicate group straddles splits
+    splits_of_folder: dict[str, set[str]] = defaultdict(set)
+    for it in result.items:
+        if it.key.count("/") >= 2:  # ffpp_c23_frames: <class>/<video>/<frame>
+            splits_of_folder[it.key.rsplit("/", 1)[0]].add(it.split)
+    assert all(len(s) == 1 for s in splits_of_folder.values())  # no video in two splits
     per_split = result.counts()
     for split in ("val", "test"):
         share = sum(per_split[split].values()) / len(result.items)
