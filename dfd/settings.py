@@ -71,6 +71,8 @@ class Settings:
     batch_size: int = 32
     learning_rate: float = 2e-3
     patience: int = 6
+    # Halve the learning rate after this many epochs without a better validation AUC (0 = off).
+    lr_plateau_patience: int = 0
     width: int = 32
     # Robustness augmentation: probability of each degradation (downscale, colour, blur, JPEG); 0 = off.
     robust_aug: float = 0.0
@@ -154,6 +156,16 @@ class Settings:
             raise SettingsError("stall_epochs must be >= 0 and max_train_attempts >= 1")
         if self.group_by not in ("folder", "none") and not self.group_by.startswith("regex:"):
             raise SettingsError(f"group_by must be 'folder', 'none' or 'regex:PATTERN', not {self.group_by!r}")
+
+    # Fields that say where things are or how scoring runs: changing them does not change the trained model.
+    NOT_MODEL = frozenset({"data_url", "synthetic_url", "artifacts_url", "inbox_url", "s3_endpoint_url",
+                           "work_dir", "webhook_url", "score_batch_size", "ready_marker", "quiet_seconds",
+                           "promotion_tolerance", "min_auc", "extra"})
+
+    def model_settings(self) -> dict[str, Any]:
+        """The settings that shape the trained model (split, augmentation, architecture, training): a retrain on
+        unchanged data is only skipped when these are unchanged too."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_MODEL}
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict, without anything that could be a secret."""

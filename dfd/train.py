@@ -187,6 +187,7 @@ def train(
     stall_epochs: int = 2,
     max_attempts: int = 3,
     stall_lr_factor: float = 0.25,
+    plateau_patience: int = 0,
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
     """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
 
@@ -195,7 +196,9 @@ def train(
     It is removed after success. ``robust_aug`` is the probability of each training-time degradation and
     ``scale_aug`` that of a down-scale alone (see :mod:`dfd.robust`). A stalled try (see the module
     docstring) is restarted with seed ``seed + 1000 * k`` and learning rate ``learning_rate *
-    stall_lr_factor ** k`` for try ``k``; ``stall_epochs = 0`` turns the check off.
+    stall_lr_factor ** k`` for try ``k``; ``stall_epochs = 0`` turns the check off. With
+    ``plateau_patience`` > 0 the learning rate halves after that many epochs without a better validation AUC
+    (down to 1/16 of the start).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -227,6 +230,9 @@ def train(
                                           restore_best_weights=True),
             _EpochLog(log, epochs, len(train_entries)),
         ]
+        if plateau_patience > 0:
+            callbacks.insert(-1, keras.callbacks.ReduceLROnPlateau(
+                monitor="val_auc", mode="max", factor=0.5, patience=plateau_patience, min_lr=try_lr / 16))
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
                   class_weight=weights, callbacks=callbacks)
         history = _read_history(history_csv)

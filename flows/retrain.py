@@ -79,7 +79,7 @@ def retrain(
 
     Parameters left as ``None`` come from the environment (``DFD_*``, ``DATA_URL``, ``ARTIFACTS_URL``...)
     or the defaults in :class:`dfd.settings.Settings`. With ``force=False`` a run whose data fingerprint
-    equals the last successful run's finishes at once with decision ``unchanged``.
+    and model settings equal the last successful run's finishes at once with decision ``unchanged``.
     """
     log = get_run_logger()
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -94,14 +94,19 @@ def retrain(
     s["webhook_url"] = settings.webhook_url
     log.info("stage 1/6: validate data (%s)", settings.data_url)
     validated = t.validate_data(s)
-    _rename_run(f"retrain {started[:10]} data={validated['fingerprint'][:8]}")
-    previous = t.last_successful_fingerprint(settings.artifacts_url, settings.s3_endpoint_url or None)
-    if previous == validated["fingerprint"] and not force:
+    _rename_run(f"retrain {started[:10]} data={validated['fingerprint'][:8]}{' forced' if force else ''}")
+    previous = t.last_successful_run(settings.artifacts_url, settings.s3_endpoint_url or None) or {}
+    changed = t.changed_settings(previous.get("model_settings"), settings.model_settings())
+    if previous.get("data_fingerprint") == validated["fingerprint"] and not changed and not force:
         shutil.rmtree(validated["run_dir"], ignore_errors=True)
-        log.info("data unchanged since the last successful run (fingerprint %s): nothing to do; "
-                 "pass force=true to retrain anyway", previous[:12])
+        _rename_run(f"retrain {started[:10]} data={validated['fingerprint'][:8]} unchanged")
+        log.info("data and model settings unchanged since the last successful run %s (fingerprint %s): nothing "
+                 "to do; pass force=true to retrain anyway", previous.get("version"), validated["fingerprint"][:12])
         return {"decision": "unchanged", "data_fingerprint": validated["fingerprint"], "version": None,
-                "reason": "data fingerprint unchanged since the last successful run"}
+                "reason": "data fingerprint and model settings unchanged since the last successful run"}
+    if previous.get("data_fingerprint") == validated["fingerprint"] and changed:
+        log.info("data unchanged, but model settings changed since run %s: %s", previous.get("version"),
+                 "; ".join(changed))
     Path(validated["run_dir"], "config.json").write_text(
         json.dumps({**settings.public_dict(), "force": force}, indent=2))
     log.info("stage 2/6: augment the training split")
@@ -125,6 +130,7 @@ def retrain(
         "data_counts": {**counts, "quarantined": validated["quarantined"], "synthetic": synthetic["count"],
                         "groups": validated["groups_per_split"]},
         "arch": settings.arch,
+        "model_settings": settings.model_settings(),
         "test_auc": evaluated["test_auc"],
         "test_ap": evaluated["test_ap"],
         "test_accuracy": evaluated["test_accuracy"],
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         "df/, e.g. a video), none, or regex:PATTERN")
     parser.add_argument("--min-auc", type=float,
                         help="quality floor: the AUC 95%% lower bound a model must beat to be promoted")
-    parser.add_argument("--force", action="store_true", help="retrain even if the data is unchanged")
+    parser.add_argument("--force", action="store_true", help="retrain even if the data and model settings are unchanged")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not generate the demo data set when the default data folder is empty")
     args = vars(parser.parse_args(argv))

@@ -92,14 +92,23 @@ def validate_data(s: S) -> S:
     }
 
 
-def last_successful_fingerprint(artifacts_url: str, endpoint: str | None = None) -> str | None:
-    """The data fingerprint of the newest run that finished training (promoted or rejected)."""
+def last_successful_run(artifacts_url: str, endpoint: str | None = None) -> dict[str, Any] | None:
+    """The record of the newest run that finished training (promoted or rejected), if any."""
     store = open_store(artifacts_url, endpoint)
     for version in registry.list_versions(store):
         run = registry.read_run(store, version)
         if run.get("decision") in ("promoted", "rejected"):
-            return run.get("data_fingerprint")
+            return run
     return None
+
+
+def changed_settings(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """``name old -> new`` for each model setting that differs from the previous run's (a run recorded before
+    settings were kept counts as unchanged: nothing can be compared)."""
+    if not previous:
+        return []
+    return [f"{k} {previous[k]} -> {current[k]}" for k in sorted(current)
+            if k in previous and previous[k] != current[k]]
 
 
 @task(name="augment", retries=1, retry_delay_seconds=5)
@@ -149,7 +158,8 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
     config = {k: s[k] for k in ("arch", "epochs", "batch_size", "learning_rate", "width", "seed",
                                 "augment_per_image", "patience")}
     # Options that are off by default join the key (and the metadata) only when used, so existing keys hold.
-    config.update({k: s[k] for k in ("robust_aug", "scale_aug", "synthetic_fakes", "weights_path") if s.get(k)})
+    config.update({k: s[k] for k in ("robust_aug", "scale_aug", "synthetic_fakes", "weights_path",
+                                     "lr_plateau_patience") if s.get(k)})
     if s.get("synthetic_fakes"):
         config["synthetic_version"] = synthfake.VERSION
     key = training_key(validated["fingerprint"], {**config, "spec": spec})
@@ -162,6 +172,7 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
         work_dir=Path(settings.work_dir).resolve() / "train" / key, log=log.info,
         robust_aug=settings.robust_aug, scale_aug=settings.scale_aug, weights_path=settings.weights_path,
         stall_epochs=settings.stall_epochs, max_attempts=settings.max_train_attempts,
+        plateau_patience=settings.lr_plateau_patience,
     )
     metadata = {
         "version": validated["version"],

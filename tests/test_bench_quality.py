@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import make_dataset
 
@@ -88,3 +89,25 @@ def test_a_tiny_suite_then_a_merge_then_a_render(quality, tmp_path: Path):
     doc.write_text(text.replace("| one | default |", "| one | tampered |"))
     assert quality.main(["--out", str(doc), "--render-only", "--datasets", str(sets)]) == 0
     assert "| one | default |" in doc.read_text() and "tampered" not in doc.read_text()
+
+
+def test_seeds_are_merged_across_runs_into_mean_and_spread(quality):
+    def seeded(seed: int, auc: float, passed: bool = True, low: float = 0.9) -> dict:
+        return quality.aggregate({str(seed): _row(auc, seed=seed, floor_passed=passed, test_auc_low=low,
+                                                  cross={"b": 0.3})})
+
+    first = quality.merge_rows([], [("a", "default", seeded(42, 0.90)), ("a", "default", seeded(43, 0.94))], ["a"])
+    assert len(first) == 1 and first[0][2]["seeds"] == [42, 43]
+    later = quality.merge_rows(first, [("a", "default", seeded(44, 0.50, passed=True, low=0.45))], ["a"])
+    row = later[0][2]
+    assert row["seeds"] == [42, 43, 44]
+    assert row["auc"] == pytest.approx((0.90 + 0.94 + 0.50) / 3)
+    assert row["sd"]["auc"] == pytest.approx(float(np.std([0.90, 0.94, 0.50], ddof=1)))
+    assert row["floor_passes"] == 3 and row["at_chance_promoted"] == 1  # seed 44 passed the floor at chance
+    settings = quality.Settings()
+    text = quality.render(later + [("b", "default", _row(0.8, cross={"a": 0.5}))], ["a", "b"], settings, "cmd",
+                          0.0, 2)
+    assert f"| a | default | crop 32 | 3 | {row['auc']:.4f} ± {row['sd']['auc']:.4f} |" in text
+    assert "3/3 (**1 at chance**)" in text
+    assert "0.3000 *below chance*" in text and "0.5000 *below" not in text
+    assert "quality floor passed by 3 of 3 seeds, 1 of them at chance on test: **not met**" in quality.targets(later)

@@ -123,8 +123,8 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     assert store.read_json(f"runs/{worse['version']}/run.json")["decision"] == "rejected"
     assert len(webhook) == 2 and "rejected" in webhook[1]["text"]  # the promotion sent nothing
 
-    # Same data again without force: a quick "unchanged" finish that publishes nothing.
-    again = retrain(**common, epochs=2)
+    # Same data and settings again without force: a quick "unchanged" finish that publishes nothing.
+    again = retrain(**common, epochs=2, learning_rate=0.0)
     assert again["decision"] == "unchanged"
     assert len(registry.list_versions(store)) == 3
 
@@ -259,3 +259,14 @@ def test_a_checkpoint_torn_by_a_kill_falls_back_or_starts_over(tmp_path: Path, p
         assert any("starts over" in line for line in lines), lines
         assert epochs == [1, 2, 3, 4], lines
     assert np.isfinite(history["loss"]).all() and not work.exists()
+
+
+def test_only_model_settings_count_as_a_change():
+    from dfd.settings import Settings
+    from tasks.retrain import changed_settings
+
+    base = Settings.from_env({}).model_settings()
+    assert "epochs" in base and "data_url" not in base and "webhook_url" not in base
+    moved = Settings.from_env({}, epochs=2, artifacts_url="elsewhere").model_settings()
+    assert changed_settings(base, moved) == ["epochs 20 -> 2"]
+    assert changed_settings(None, moved) == []  # a run recorded before settings were kept: nothing to compare
