@@ -17,6 +17,17 @@ from app.config import load_config
 from app.scoring import ModelHolder, ThumbnailCache
 from dfd.storage import open_store
 
+# Sent with every response: the app's own, and the errors waitress answers by itself (app/serve.py).
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+}
+
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: configuration is defaults, then environment variables, then ``test_config``."""
@@ -48,14 +59,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     @app.after_request
     def security_headers(response):
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
-            "base-uri 'none'; frame-ancestors 'none'",
-        )
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         return response
 
     return app

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dfd import registry
+from dfd import csvsafe, registry
 from dfd.storage import NotFound, ObjectInfo, StorageError, Store, clean_key, join
 
 SCORES = "scores"
@@ -151,7 +151,7 @@ def parse_results(data: bytes, kind: str) -> tuple[dict[str, list[Any]], np.ndar
                 except json.JSONDecodeError:
                     continue
     else:
-        records = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+        records = [csvsafe.restore_row(r) for r in csv.DictReader(io.StringIO(data.decode("utf-8")))]
     interned: dict[str, str] = {}
     columns: dict[str, list[Any]] = {name: [] for name in RESULT_FIELDS}
     scores = np.full(len(records), np.nan)
@@ -406,9 +406,10 @@ class Catalog:
 
 
 def iter_csv(table: ResultTable, indices: np.ndarray) -> Iterator[str]:
-    """CSV text (header first) for the given rows, in chunks."""
+    """CSV text (header first) for the given rows, in chunks; text that a spreadsheet would run as a formula
+    gets a leading quote (:mod:`dfd.csvsafe`)."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csvsafe.Writer(buf)
     writer.writerow(RESULT_FIELDS)
     cols = [table.columns[name] for name in RESULT_FIELDS]
     for n, i in enumerate(indices):

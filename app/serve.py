@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
-from app import create_app
+from app import SECURITY_HEADERS, create_app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,16 +22,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("VIEWER_THREADS", "8")))
     args = parser.parse_args(argv)
 
-    from waitress import serve
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app()
     if app.debug:  # create_app never enables it outside tests; refuse rather than expose a debugger
         raise SystemExit("refusing to serve with debug mode on")
     print(f"viewer on http://{args.host}:{args.port}/ reading {app.config['ARTIFACTS_URL']}", flush=True)
-    serve(app, host=args.host, port=args.port, threads=args.threads, ident="dfd-viewer",
-          max_request_body_size=int(app.config["MAX_CONTENT_LENGTH"]) + 1024 * 1024)
+    make_server(app, host=args.host, port=args.port, threads=args.threads).run()
     return 0
+
+
+def make_server(app: Any, **kw: Any) -> Any:
+    """The waitress server for ``app`` (``kw``: waitress adjustments such as host, port, threads).
+
+    Waitress answers some requests itself, before the app sees them: a body over ``max_request_body_size``
+    (the upload limit plus 1 MB of form overhead) gets its own 413, malformed requests a 400. Its channels are
+    given an error task that adds the app's security headers (:data:`app.SECURITY_HEADERS`) to those too.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.server import BaseWSGIServer, create_server
+    from waitress.task import ErrorTask
+
+    class SecureErrorTask(ErrorTask):
+        """Waitress's own error response, with the security headers."""
+
+        def execute(self) -> None:
+            self.response_headers.extend(SECURITY_HEADERS.items())
+            super().execute()
+
+    class SecureChannel(HTTPChannel):
+        """A connection whose errors go through :class:`SecureErrorTask`."""
+
+        error_task_class = SecureErrorTask
+
+    kw.setdefault("ident", "dfd-viewer")
+    kw.setdefault("max_request_body_size", int(app.config["MAX_CONTENT_LENGTH"]) + 1024 * 1024)
+    servers: dict[Any, Any] = {}
+    server = create_server(app, map=servers, **kw)
+    for listener in list(servers.values()):
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = SecureChannel
+    return server
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "robust-aug": ("default + robustness augmentation (p 0.3 each)", {"robust_aug": 0.3}),
     "scale-aug": ("default + scale augmentation (p 0.5, x0.5-x1 down-scale)", {"scale_aug": 0.5}),
     "scale-aug-strong": ("default + scale augmentation (p 0.8, x0.5-x1 down-scale)", {"scale_aug": 0.8}),
+    "scale-aug-wide": ("default + scale augmentation (p 0.5, x0.35-x1 down-scale)",
+                       {"scale_aug": 0.5, "scale_aug_min": 0.35}),
     "scale-aug-long": ("scale augmentation p 0.5, 30 epochs (patience 8), learning rate halved on plateaus",
                        {"scale_aug": 0.5, "epochs": 30, "patience": 8, "lr_plateau_patience": 3}),
     "synthetic-fakes": ("default + synthetic fakes from half the training reals", {"synthetic_fakes": 0.5}),
@@ -145,8 +147,8 @@ def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path,
             batch_size=s.batch_size, learning_rate=s.learning_rate, width=s.width,
             patience=s.patience, seed=s.seed, max_pixels=s.max_image_pixels,
             work_dir=work, log=lambda m: print(f"    {m}", flush=True), robust_aug=s.robust_aug,
-            scale_aug=s.scale_aug, weights_path=s.weights_path, stall_epochs=s.stall_epochs,
-            max_attempts=s.max_train_attempts, plateau_patience=s.lr_plateau_patience)
+            scale_aug=s.scale_aug, scale_aug_min=s.scale_aug_min, weights_path=s.weights_path,
+            stall_epochs=s.stall_epochs, max_attempts=s.max_train_attempts, plateau_patience=s.lr_plateau_patience)
         train_s = time.monotonic() - started
     predictor = Predictor(model, {"input_spec": spec, "threshold": 0.5, "temperature": 1.0})
     y_val, y_test = np.array([e.y for e in val]), np.array([e.y for e in test])

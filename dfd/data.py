@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from dfd.imageio import ImageError, decode_image, has_image_extension
+from dfd import csvsafe
+from dfd.imageio import ImageError, decode_image, has_image_extension, read_input
 from dfd.storage import ObjectInfo, StorageError, Store
 
 LABELS = {"real": 0, "df": 1}  # folder name -> model target (1 = deepfake)
@@ -122,15 +123,15 @@ def perceptual_hash(pixels: np.ndarray) -> int:
 
 
 def inspect(store: Store, obj: ObjectInfo, label: str, max_pixels: int, max_bytes: int) -> Item | Quarantined:
-    """Read and decode one file; never raises for a bad file."""
-    if obj.size == 0:
-        return Quarantined(obj.key, label, "zero bytes")
-    if obj.size < 0:
-        return Quarantined(obj.key, label, "unreadable", "cannot stat the file (broken link or loop?)")
+    """Read and decode one file; never raises for a bad file.
+
+    The file is read by :func:`dfd.imageio.read_input`, as batch scoring reads it, so a special file (a FIFO,
+    a device, a broken or looping link) is set aside with the same reason as scoring gives it
+    (``unreadable: not a regular file``, ...), and an empty regular file as ``zero bytes``."""
     if obj.size > max_bytes:
         return Quarantined(obj.key, label, "too large", f"{obj.size:,} bytes is over {max_bytes:,}")
     try:
-        data = store.read_bytes(obj.key)
+        data = read_input(store, obj, max_bytes)
         decoded = decode_image(data, max_pixels)
     except ImageError as exc:
         return Quarantined(obj.key, label, exc.reason, exc.detail)
@@ -379,24 +380,29 @@ MANIFEST_FIELDS = ["key", "label", "split", "group", "sha256", "phash", "width",
 
 
 def write_manifest(items: Iterable[Item], path: str | Path) -> None:
-    """The split manifest as CSV (one row per usable image)."""
+    """The split manifest as UTF-8 CSV (one row per usable image).
+
+    Keys are store keys, which are always text (a name that is not UTF-8 is escaped, see
+    :mod:`dfd.storage`); cells that a spreadsheet would run as a formula get a leading quote
+    (:mod:`dfd.csvsafe`). :func:`read_manifest` gives back the exact keys."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    writer = csvsafe.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
     for it in items:
         row = {k: v for k, v in asdict(it).items() if k in MANIFEST_FIELDS}
         row["phash"] = f"{it.phash:016x}"
         writer.writerow(row)
-    Path(path).write_text(buf.getvalue())
+    Path(path).write_text(buf.getvalue(), encoding="utf-8")
 
 
 def read_manifest(path: str | Path) -> list[Item]:
-    with open(path, newline="") as fh:
+    """The items of a manifest written by :func:`write_manifest`, with their original keys."""
+    with open(path, newline="", encoding="utf-8") as fh:
         return [
             Item(key=r["key"], label=r["label"], sha256=r["sha256"], phash=int(r["phash"], 16),
                  width=int(r["width"]), height=int(r["height"]), bytes=int(r["bytes"]),
                  group=int(r["group"]), split=r["split"])
-            for r in csv.DictReader(fh)
+            for r in map(csvsafe.restore_row, csv.DictReader(fh))
         ]
 
 

@@ -1,20 +1,26 @@
-"""Safe image decoding shared by training, batch scoring and the viewer.
+"""Safe image reading and decoding shared by training, batch scoring and the viewer.
 
-One function, :func:`decode_image`, turns file bytes into an RGB ``uint8`` array or raises
-:class:`ImageError` with a short reason. It applies EXIF orientation, converts every mode (L, LA, P, RGBA,
-CMYK, 16-bit) to RGB, takes the first frame of an animation, and refuses decompression bombs before
-decoding any pixels.
+:func:`read_input` reads one input file from a store (refusing special files before a byte is read), and
+:func:`decode_image` turns file bytes into an RGB ``uint8`` array; both raise :class:`ImageError` with a
+short reason. Decoding applies EXIF orientation, converts every mode (L, LA, P, RGBA, CMYK, 16-bit) to RGB,
+takes the first frame of an animation, and refuses decompression bombs (over the configured limit, which
+the error quotes) before decoding any pixels.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
+import stat as stat_module
 import warnings
 from dataclasses import dataclass
 from struct import error as struct_error  # raised by some truncated TIFF/BMP files
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dfd.storage import ObjectInfo, StorageError, Store
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -65,7 +71,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("too large", str(exc).split(".")[0]) from None
+        # Pillow's own check fired before ours (its limit is above ours): quote the configured limit.
+        raise ImageError("too large", _over_limit(str(exc), max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageError("not an image", "no known image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct_error) as exc:
@@ -77,6 +84,71 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise ImageError("unreadable image", f"unexpected pixel shape {pixels.shape}")
     return Decoded(pixels=pixels, width=width, height=height, format=fmt, mode=mode)
+
+
+def _over_limit(pillow_message: str, max_pixels: int) -> str:
+    """The "too large" detail for a decompression-bomb error from Pillow, naming ``max_pixels`` (the configured
+    limit, ``DFD_MAX_IMAGE_PIXELS``) rather than Pillow's built-in one."""
+    m = re.search(r"\((\d+) pixels\)", pillow_message)
+    size = f"{int(m.group(1)):,} pixels" if m else "the image"
+    return f"{size} is over the limit of {max_pixels:,} pixels"
+
+
+def read_input(store: Store, obj: ObjectInfo, max_bytes: int) -> bytes:
+    """The file's bytes, or :class:`ImageError` with reason ``unreadable``/``file too large``.
+
+    Training and batch scoring both read their inputs here, so the same file gets the same reason in both.
+    On a local store, anything that is not a regular file (a FIFO, a device, a broken or looping symlink)
+    is refused before a byte is read, so that it can neither block nor surprise the run.
+    """
+    if obj.size > max_bytes:
+        raise ImageError("file too large", f"{obj.size:,} bytes is over the limit of {max_bytes:,}")
+    try:
+        fd = store.open_local(obj.key)
+        if fd is None:
+            return store.read_bytes(obj.key)
+    except StorageError as exc:
+        raise ImageError("unreadable", _storage_reason(exc)) from None
+    except OSError as exc:
+        raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
+    return _read_regular_file(fd, max_bytes)
+
+
+def _read_regular_file(fd: int, max_bytes: int) -> bytes:
+    """Read an open local file (and close it) once it is known to be a regular file under the size limit.
+    Checking the descriptor rather than the path leaves no gap for the file to be swapped in between."""
+    with open(fd, "rb", closefd=True) as f:
+        try:
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
+                raise ImageError("unreadable", "not a regular file")
+            if st.st_size > max_bytes:
+                raise ImageError("file too large", f"{st.st_size:,} bytes is over the limit of {max_bytes:,}")
+            data = f.read()  # not read(max_bytes + 1): that allocates the whole limit for every file
+        except OSError as exc:
+            raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
+    if len(data) > max_bytes:
+        raise ImageError("file too large", f"it grew past the limit of {max_bytes:,} bytes while being read")
+    return data
+
+
+def _storage_reason(exc: Exception) -> str:
+    """A short reason for a storage error met while reading one input."""
+    text = str(exc)
+    low = text.lower()
+    if "loop" in low:
+        return "symlink loop"
+    if "leaves the store" in low:
+        return "link points outside the folder"
+    if "not found" in low:
+        return "vanished while being read"
+    return _shorten(text.rsplit(": ", 1)[-1].lower(), 100)
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    """One line of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

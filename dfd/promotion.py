@@ -4,7 +4,8 @@ Quality floor: a model whose AUC is not *clearly* above chance is never promoted
 "Clearly" means the lower end of a 95% bootstrap interval (resampling whole groups, so that 50 frames of
 one video count as one piece of evidence, see :func:`dfd.evaluate.auc_interval`) is above ``min_auc``
 (``DFD_MIN_AUC``, default 0.55), on the validation split *and* on the held-out test split. Validation alone
-flatters: early stopping picked the epoch that scored best on it.
+flatters: early stopping picked the epoch that scored best on it. ``min_auc = 0`` turns the floor off (for
+plumbing tests on data too small to show anything; never for production).
 
 Champion comparison: the candidate wins when its test AUC is at least the champion's, re-scored on the same
 test images, minus ``promotion_tolerance``.
@@ -22,6 +23,9 @@ def quality_floor(intervals: dict[str, dict[str, Any]], min_auc: float) -> dict[
     """The floor's verdict from per-split AUC intervals ``{"validation": {"auc", "low", "high", "groups"},
     "test": {...}}``: ``{"passed", "min_auc", "reason", "splits"}``; the reason says which split fell short
     and by how much."""
+    if min_auc <= 0:
+        return {"passed": True, "min_auc": min_auc, "reason": "quality floor off (DFD_MIN_AUC=0)",
+                "splits": intervals}
     short = []
     for split, iv in intervals.items():
         low = iv.get("low", float("nan"))

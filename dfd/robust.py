@@ -70,16 +70,16 @@ def degrade(view: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
 
 
 def robust_train_view(pixels: np.ndarray, spec: InputSpec, rng: np.random.Generator, p: float,
-                      scale_p: float = 0.0) -> np.ndarray:
+                      scale_p: float = 0.0, scale_min: float = MIN_SCALE) -> np.ndarray:
     """A training view (see :func:`dfd.preprocess.train_view`) with the degradations above applied.
 
     ``scale_p`` is the probability of a down-scale alone (both classes alike), on top of the one ``p`` draws:
     images are often resized before they reach a detector, and a model that never saw a resized fake loses
-    the full-resolution traces it relied on."""
+    the full-resolution traces it relied on. ``scale_min`` is the smallest factor of that down-scale."""
     if p <= 0 and scale_p <= 0:
         return train_view(pixels, spec, rng)
     if rng.random() < max(p, scale_p):
-        pixels = downscale(pixels, rng.uniform(MIN_SCALE, 1.0))
+        pixels = downscale(pixels, rng.uniform(scale_min if scale_p > 0 else MIN_SCALE, 1.0))
     if p <= 0:
         return train_view(pixels, spec, rng)
     return degrade(train_view(pixels, spec, rng), rng, p)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -36,7 +37,7 @@ import botocore.exceptions as bexc
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from dfd.storage import Conflict, NotFound, ObjectInfo, StorageError, Store, clean_key
+from dfd.storage import Conflict, NotFound, ObjectInfo, StorageError, Store, clean_key, escape_name, unescape_name
 
 MB = 1024 * 1024
 # Objects above this size go up and down in parts, several at once; each part is retried on its own.
@@ -105,19 +106,20 @@ class S3Store(Store):
         return self.endpoint_url or "AWS S3"
 
     def _key(self, key: str) -> str:
-        key = clean_key(key)
+        key = _s3_name(key)
         if not key:
             raise StorageError(f"an object key is required under {self.url}")
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _folder(self, prefix: str) -> str:
         """The S3 prefix (ending with '/', or empty for the bucket root) of a folder key."""
-        prefix = clean_key(prefix)
+        prefix = _s3_name(prefix)
         full = f"{self.prefix}/{prefix}" if self.prefix and prefix else (self.prefix or prefix)
         return f"{full}/" if full else ""
 
     def _rel(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+        """The store key (escaped like every key, see :func:`dfd.storage.escape_name`) of a full S3 key."""
+        return escape_name(full_key[len(self.prefix) + 1 :] if self.prefix else full_key)
 
     def _identity(self) -> tuple:
         return (self.endpoint_url, self.bucket, _credential_fingerprint())
@@ -217,7 +219,7 @@ class S3Store(Store):
 
     def exists(self, key: str) -> bool:
         try:
-            clean_key(key)
+            _s3_name(key)
         except StorageError:
             return False  # a key that could leave the store never exists (as in the local store)
         try:
@@ -264,17 +266,28 @@ class S3Store(Store):
             raise self._error(exc, "list", what) from None
         return objects, [d for d in dirs if d.strip("/")]
 
-    def _walk(self, folder: str, what: str) -> Iterator[ObjectInfo]:
+    def _walk(self, top: str, what: str) -> Iterator[ObjectInfo]:
+        """Objects under the S3 prefix ``top`` in key order, one folder level at a time, with an explicit
+        stack of open levels (no recursion, whatever the depth)."""
+        stack = [iter(self._sorted_level(top, what))]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+            elif entry[1] is None:
+                stack.append(iter(self._sorted_level(entry[0], what)))
+            else:
+                obj = entry[1]
+                yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"].timestamp())
+
+    def _sorted_level(self, folder: str, what: str) -> list[tuple[str, dict | None]]:
+        """One level as (full prefix of a sub-folder, None) or (full key, object), in key order."""
         objects, dirs = self._level(folder, what)
         # A sub-folder "a/" sorts as the string "a/", exactly where its keys sort among the objects.
-        entries: list[tuple[str, dict | None]] = [(o["Key"][len(folder) :], o) for o in objects]
-        entries += [(d, None) for d in dirs]
-        entries.sort(key=lambda e: e[0])
-        for name, obj in entries:
-            if obj is None:
-                yield from self._walk(folder + name, what)
-            else:
-                yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"].timestamp())
+        entries: list[tuple[str, dict | None]] = [(o["Key"], o) for o in objects]
+        entries += [(folder + d, None) for d in dirs]
+        entries.sort(key=lambda e: escape_name(e[0][len(folder) :]))
+        return entries
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         folder = self._folder(prefix)
@@ -288,7 +301,7 @@ class S3Store(Store):
                 for common in page.get("CommonPrefixes", []):
                     name = common["Prefix"][len(folder) :].rstrip("/")
                     if name and not name.startswith("."):
-                        names.append(name)
+                        names.append(escape_name(name))
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, "list", prefix) from None
         return sorted(names)
@@ -433,11 +446,28 @@ class S3Store(Store):
             _CAS_VERIFIED.add(ident)
 
     def child(self, prefix: str) -> S3Store:
-        store = S3Store(
-            self.describe(prefix), endpoint_url=self.endpoint_url, page_size=self.page_size, **self._options
+        store = S3Store(  # the URL names the real (unescaped) S3 prefix
+            f"s3://{self.bucket}/{self._folder(prefix)}", endpoint_url=self.endpoint_url, page_size=self.page_size,
+            **self._options,
         )
         store.transfer_callback = self.transfer_callback
         return store
+
+
+def _s3_name(key: str) -> str:
+    """The S3 key text of a store key: cleaned and unescaped (see :func:`dfd.storage.escape_name`).
+
+    A backslash is an ordinary character in an S3 key (AWS keeps it), but some S3-compatible servers read it
+    as '/' (SeaweedFS stores ``a\\b`` as ``a/b``), so a key with a ``..`` part between backslashes is refused
+    like ``..`` itself. A key naming bytes that are not UTF-8 is refused too: S3 keys are UTF-8 text."""
+    name = unescape_name(clean_key(key))
+    if "\\" in name and ".." in re.split(r"[/\\]", name):
+        raise StorageError(f"invalid key {key!r}: '..' is not allowed")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StorageError(f"invalid key {key!r}: an S3 key must be UTF-8 text") from None
+    return name
 
 
 def _code(exc: bexc.ClientError) -> str:

@@ -11,11 +11,15 @@ Results layout (keys relative to the artifact store)::
     scores/<batch_id>/ledger.jsonl      compacted ledger (what has been scored, by content hash and model)
     scores/<batch_id>/ledger/<run>-<n>.jsonl   ledger chunks of runs that have not compacted yet
 
-Row fields: ``path`` (relative, POSIX), ``sha256``, ``bytes``, ``width`` and ``height`` (as stored, before
+Row fields: ``path`` (the store key: relative, POSIX; a name that is not UTF-8 has each such byte written
+``\\xNN``, see :mod:`dfd.storage`), ``sha256``, ``bytes``, ``width`` and ``height`` (as stored, before
 EXIF rotation), ``score`` (calibrated P(deepfake)), ``label`` (``real`` or ``deepfake``), ``threshold``,
 ``model_version``, ``scored_at`` (UTC ISO 8601), ``error``. A file that could not be scored has an empty
 score and label, and ``error`` holds a short reason (``truncated: ...``, ``not an image: ...``,
 ``unreadable: ...``); the text before the first colon is the reason group counted in the summary.
+In ``results.csv`` a text cell that a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return) or that starts with a single quote gets a leading single quote
+(:mod:`dfd.csvsafe`); ``results.jsonl`` and the ledger hold the text unchanged.
 
 Batch id: a folder directly inside the inbox keeps its own name when that name is safe
 (``[A-Za-z0-9][A-Za-z0-9._-]*``, at most 100 characters); any other folder gets
@@ -35,14 +39,11 @@ fails and publishes nothing rather than a batch of "unreadable" rows. Inputs are
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
 import math
-import os
 import re
-import stat as stat_module
 import tempfile
 import time
 import uuid
@@ -55,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from dfd import pipeline
-from dfd.imageio import ImageError, decode_image, image_size
+from dfd import csvsafe, pipeline
+from dfd.imageio import ImageError, decode_image, image_size, read_input
 from dfd.storage import Conflict, NotFound, ObjectInfo, StorageError, Store, join, open_store
 
 log = logging.getLogger("dfd.scoring")
@@ -352,55 +353,6 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def read_input(store: Store, obj: ObjectInfo, max_bytes: int) -> bytes:
-    """The file's bytes, or :class:`ImageError` with reason ``unreadable``/``file too large``.
-
-    On a local store, anything that is not a regular file (a FIFO, a device, a broken or looping symlink)
-    is refused before a byte is read, so that it can neither block nor surprise the batch.
-    """
-    if obj.size > max_bytes:
-        raise ImageError("file too large", f"{obj.size:,} bytes is over the limit of {max_bytes:,}")
-    try:
-        fd = store.open_local(obj.key)
-        if fd is None:
-            return store.read_bytes(obj.key)
-    except StorageError as exc:
-        raise ImageError("unreadable", _storage_reason(exc)) from None
-    except OSError as exc:
-        raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
-    return _read_regular_file(fd, max_bytes)
-
-
-def _read_regular_file(fd: int, max_bytes: int) -> bytes:
-    """Read an open local file (and close it) once it is known to be a regular file under the size limit.
-    Checking the descriptor rather than the path leaves no gap for the file to be swapped in between."""
-    with open(fd, "rb", closefd=True) as f:
-        try:
-            st = os.fstat(fd)
-            if not stat_module.S_ISREG(st.st_mode):
-                raise ImageError("unreadable", "not a regular file")
-            if st.st_size > max_bytes:
-                raise ImageError("file too large", f"{st.st_size:,} bytes is over the limit of {max_bytes:,}")
-            data = f.read()  # not read(max_bytes + 1): that allocates the whole limit for every file
-        except OSError as exc:
-            raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
-    if len(data) > max_bytes:
-        raise ImageError("file too large", f"it grew past the limit of {max_bytes:,} bytes while being read")
-    return data
-
-
-def _storage_reason(exc: Exception) -> str:
-    text = str(exc)
-    low = text.lower()
-    if "loop" in low:
-        return "symlink loop"
-    if "leaves the store" in low:
-        return "link points outside the folder"
-    if "not found" in low:
-        return "vanished while scoring"
-    return _short(text.rsplit(": ", 1)[-1].lower(), 100)
-
-
 def _error_text(exc: ImageError) -> str:
     return _short(f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason)
 
@@ -509,7 +461,7 @@ def stream_scores(
             np.array([m[1].encode() for m in meta], dtype=object),
             np.array([m[2] for m in meta], np.int32),
             np.array([m[3] for m in meta], np.int32),
-            np.array([m[4].encode("utf-8") for m in meta], dtype=object),
+            np.array([m[4].encode("utf-8", "backslashreplace") for m in meta], dtype=object),
         )
 
     touts = [tf.int64, tf.uint8, tf.int32, tf.string, tf.int32, tf.int32, tf.string]
@@ -692,7 +644,7 @@ def write_results(
     with tempfile.TemporaryDirectory(prefix="dfd-results-") as tmp:
         csv_path, jsonl_path = Path(tmp) / RESULTS_CSV, Path(tmp) / RESULTS_JSONL
         with csv_path.open("w", newline="", encoding="utf-8") as fc, jsonl_path.open("w", encoding="utf-8") as fj:
-            writer = csv.DictWriter(fc, fieldnames=RESULT_FIELDS, lineterminator="\n")
+            writer = csvsafe.DictWriter(fc, fieldnames=RESULT_FIELDS, lineterminator="\n")
             writer.writeheader()
             for obj in items:
                 row = result_row(obj, sha_of.get(obj.key), ledger, read_errors.get(obj.key), threshold, model_version)

@@ -76,8 +76,10 @@ class Settings:
     width: int = 32
     # Robustness augmentation: probability of each degradation (downscale, colour, blur, JPEG); 0 = off.
     robust_aug: float = 0.0
-    # Scale augmentation: probability that a training image is first down-scaled by a random factor in [0.5, 1].
+    # Scale augmentation: probability that a training image is first down-scaled by a random factor in
+    # [scale_aug_min, 1] (both classes alike).
     scale_aug: float = 0.0
+    scale_aug_min: float = 0.5
     # Crop to the largest detected face (OpenCV Haar cascade) before cutting views; whole image if none.
     face_crop: bool = False
     # Optional pretrained weights file for the efficientnet-b0 backbone (empty = random initialisation).
@@ -150,6 +152,8 @@ class Settings:
             raise SettingsError("synthetic_fakes must be between 0 and 1")
         if not 0 <= self.scale_aug <= 1:
             raise SettingsError("scale_aug must be a probability between 0 and 1")
+        if not 0.1 <= self.scale_aug_min <= 1:
+            raise SettingsError("scale_aug_min must be between 0.1 and 1")
         if not 0 <= self.min_auc < 1:
             raise SettingsError("min_auc must be between 0 and 1 (0.5 = chance)")
         if self.stall_epochs < 0 or self.max_train_attempts < 1:

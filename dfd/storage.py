@@ -3,6 +3,13 @@
 Keys are POSIX-style paths relative to the store's root (``runs/v1/model.keras``). Every write is atomic:
 a reader sees either the old object or the whole new one, never part of it. Flows, tasks and the viewer use
 only this interface, so none of them ever branches on where the data lives.
+
+Keys are always valid text, whatever the names on disk: a local file name whose bytes are not UTF-8 is
+listed with each such byte written ``\\xNN`` (Python's ``backslashreplace``, two lowercase hex digits, 80 to
+ff), and a backslash that would otherwise read as the start of such an escape (before another backslash or
+before ``xNN``) is doubled. Other backslashes are kept as they are (``back\\slash.jpg`` is listed as itself).
+The escape is reversible (:func:`escape_name`, :func:`unescape_name`): every store turns a key back into the
+real name before it touches the object, so ledgers, results and manifests that hold keys hold the exact name.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -40,9 +48,37 @@ class ObjectInfo:
     mtime: float
 
 
+# A backslash that must be doubled: before another backslash, an undecodable byte, or text that reads as \xNN.
+_AMBIGUOUS_BACKSLASH = re.compile("\\\\(?=\\\\|x[89a-f][0-9a-f]|[\udc80-\udcff])")
+_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f])")
+
+
+def escape_name(name: str) -> str:
+    """The key text for a file name as the OS gives it (undecodable bytes as surrogates, see the module
+    docstring): lossless, reversible with :func:`unescape_name`, and always encodable as UTF-8."""
+    if "\\" not in name:
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:
+            pass
+    doubled = _AMBIGUOUS_BACKSLASH.sub(r"\\\\", name)
+    return doubled.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unescape_name(key: str) -> str:
+    """The real name (undecodable bytes as surrogates, as ``os`` functions take them) of a key."""
+    if "\\" not in key:
+        return key
+    return _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), key)
+
+
 def clean_key(key: str) -> str:
-    """Normalise a key and refuse anything that could leave the store's root."""
-    if "\x00" in key or "\\" in key:
+    """Normalise a key and refuse anything that could leave the store's root.
+
+    A backslash is an ordinary character in a POSIX name and in an S3 key, so it is allowed; ``..`` is not.
+    """
+    if "\x00" in key:
         raise StorageError(f"invalid key {key!r}")
     parts = [p for p in PurePosixPath(key.strip("/")).parts if p not in ("", ".")]
     if any(p == ".." for p in parts):
@@ -150,7 +186,7 @@ class LocalStore(Store):
 
     def _path(self, key: str) -> Path:
         key = clean_key(key)
-        path = self.root / key if key else self.root
+        path = self.root / unescape_name(key) if key else self.root
         # Refuse symlinks that point outside the root.
         try:
             resolved = path.resolve()
@@ -200,20 +236,20 @@ class LocalStore(Store):
 
     def _walk_sorted(self, folder: Path) -> Iterator[ObjectInfo]:
         """Files under ``folder`` in key order, like S3 (a folder sorts as ``name/``, so ``a/x`` comes
-        after ``a-b`` and before ``ab``). Links to folders are not followed."""
-        try:
-            with os.scandir(folder) as it:
-                entries = list(it)
-        except OSError:
-            return
-        entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
-        for entry in entries:
+        after ``a-b`` and before ``ab``). Links to folders are not followed. The walk keeps its own stack
+        (one iterator per open folder level), so any depth the file system allows is listed."""
+        stack = [iter(_sorted_entries(folder))]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+                continue
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk_sorted(Path(entry.path))
+                stack.append(iter(_sorted_entries(entry.path)))
                 continue
             if entry.name.startswith(".tmp-") or (entry.is_symlink() and _points_to_dir(entry)):
                 continue
-            rel = Path(entry.path).relative_to(self.root).as_posix()
+            rel = escape_name(Path(entry.path).relative_to(self.root).as_posix())
             try:
                 st = os.stat(entry.path)
             except OSError:
@@ -227,7 +263,7 @@ class LocalStore(Store):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(escape_name(p.name) for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -262,6 +298,10 @@ class LocalStore(Store):
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def child(self, prefix: str) -> LocalStore:
+        """A store rooted at the folder ``prefix`` (a key, so escaped names work as they do everywhere)."""
+        return LocalStore(self.root / unescape_name(clean_key(prefix)))
+
     def open_local(self, key: str) -> int:
         """Open the file at ``key`` for reading, without blocking (a FIFO would otherwise wait for a writer).
 
@@ -279,7 +319,7 @@ class LocalStore(Store):
             self._inside.add(folder)
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(f"{self.root}/{key}", flags | os.O_NOFOLLOW)
+            return os.open(f"{self.root}/{unescape_name(key)}", flags | os.O_NOFOLLOW)
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
@@ -304,6 +344,17 @@ class LocalStore(Store):
             if current != token:
                 raise Conflict(f"{self.describe(key)} changed since it was read; retry")
             self.write_bytes(key, data)
+
+
+def _sorted_entries(folder: str | Path) -> list[os.DirEntry]:
+    """The entries of one folder in key order (a folder sorts as ``name/``); none when it cannot be read."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError:
+        return []
+    entries.sort(key=lambda e: escape_name(e.name) + "/" if e.is_dir(follow_symlinks=False) else escape_name(e.name))
+    return entries
 
 
 def _points_to_dir(entry: os.DirEntry) -> bool:

@@ -55,7 +55,8 @@ def split_entries(items: Sequence[Any], synthetic: Sequence[Any], split: str) ->
 
 
 def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec, batch_size: int,
-             training: bool, seed: int, max_pixels: int, robust_aug: float = 0.0, scale_aug: float = 0.0):
+             training: bool, seed: int, max_pixels: int, robust_aug: float = 0.0, scale_aug: float = 0.0,
+             scale_min: float = 0.5):
     import tensorflow as tf
 
     size = int(spec["size"])
@@ -68,7 +69,7 @@ def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec,
         pixels = decode_image(stores[store_idx[i]].read_bytes(str(keys[i])), max_pixels).pixels
         if training:
             view = robust_train_view(pixels, spec, np.random.default_rng(int(sample_seed)), robust_aug,
-                                     scale_aug)
+                                     scale_aug, scale_min)
         else:
             view = center_view(pixels, spec)
         return view.astype(np.float32), ys[i]
@@ -183,6 +184,7 @@ def train(
     log: Log = print,
     robust_aug: float = 0.0,
     scale_aug: float = 0.0,
+    scale_aug_min: float = 0.5,
     weights_path: str = "",
     stall_epochs: int = 2,
     max_attempts: int = 3,
@@ -194,9 +196,9 @@ def train(
     ``work_dir`` holds the per-epoch backup; it is keyed by the caller (data + settings), so rerunning the
     same training after a crash resumes from the last finished epoch (and skips tries already found stalled).
     It is removed after success. ``robust_aug`` is the probability of each training-time degradation and
-    ``scale_aug`` that of a down-scale alone (see :mod:`dfd.robust`). A stalled try (see the module
-    docstring) is restarted with seed ``seed + 1000 * k`` and learning rate ``learning_rate *
-    stall_lr_factor ** k`` for try ``k``; ``stall_epochs = 0`` turns the check off. With
+    ``scale_aug`` that of a down-scale alone, by a factor from ``scale_aug_min`` to 1 (see :mod:`dfd.robust`).
+    A stalled try (see the module docstring) is restarted with seed ``seed + 1000 * k`` and learning rate
+    ``learning_rate * stall_lr_factor ** k`` for try ``k``; ``stall_epochs = 0`` turns the check off. With
     ``plateau_patience`` > 0 the learning rate halves after that many epochs without a better validation AUC
     (down to 1/16 of the start).
     """
@@ -217,7 +219,7 @@ def train(
         model = build_model(arch, int(spec["size"]), width=width, learning_rate=try_lr, seed=try_seed,
                             weights_path=weights_path)
         train_ds = _dataset(train_entries, stores, spec, batch_size, True, try_seed, max_pixels, robust_aug,
-                            scale_aug)
+                            scale_aug, scale_aug_min)
         val_ds = _dataset(val_entries, stores, spec, batch_size, False, try_seed, max_pixels)
         history_csv = work_dir / f"history{suffix}.csv"
         guard = _StallGuard(stall_epochs, stop=not last)

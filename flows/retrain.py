@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         "df/, e.g. a video), none, or regex:PATTERN")
     parser.add_argument("--min-auc", type=float,
                         help="quality floor: the AUC 95%% lower bound a model must beat to be promoted")
-    parser.add_argument("--force", action="store_true", help="retrain even if the data and model settings are unchanged")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain even if the data and model settings are unchanged")
     parser.add_argument("--no-demo", action="store_true",
                         help="do not generate the demo data set when the default data folder is empty")
     args = vars(parser.parse_args(argv))

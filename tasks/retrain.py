@@ -13,7 +13,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from dfd import augment, data, evaluate, plots, promotion, registry, synthfake
+from dfd import augment, csvsafe, data, evaluate, plots, promotion, registry, synthfake
 from dfd.demo import DEMO_NOTE
 from dfd.settings import Settings
 from dfd.storage import Conflict, open_store
@@ -170,7 +170,8 @@ def train_model(s: S, validated: S, synthetic: S) -> S:
         batch_size=settings.batch_size, learning_rate=settings.learning_rate, width=settings.width,
         patience=settings.patience, seed=settings.seed, max_pixels=settings.max_image_pixels,
         work_dir=Path(settings.work_dir).resolve() / "train" / key, log=log.info,
-        robust_aug=settings.robust_aug, scale_aug=settings.scale_aug, weights_path=settings.weights_path,
+        robust_aug=settings.robust_aug, scale_aug=settings.scale_aug,
+        scale_aug_min=settings.scale_aug_min, weights_path=settings.weights_path,
         stall_epochs=settings.stall_epochs, max_attempts=settings.max_train_attempts,
         plateau_patience=settings.lr_plateau_patience,
     )
@@ -234,8 +235,8 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
         "training": {k: trained[k] for k in ("attempts", "no_signal", "epochs_run") if k in trained},
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    with (run_dir / "test_scores.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
+    with (run_dir / "test_scores.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csvsafe.Writer(fh)
         writer.writerow(["key", "y", "score"])
         writer.writerows((e.key, e.y, f"{v:.6f}") for e, v in zip(test, s_test, strict=True))
     model, metadata = predictor.model, dict(predictor.metadata)

@@ -41,9 +41,11 @@ def test_a_clearly_better_than_chance_model_passes_and_the_floor_is_a_setting():
     assert not promotion.quality_floor(intervals, 0.95)["passed"]
 
 
-def test_a_nan_interval_never_passes():
+def test_a_nan_interval_never_passes_unless_the_floor_is_off():
     nan = {"auc": float("nan"), "low": float("nan"), "high": float("nan"), "groups": 3}
-    assert not promotion.quality_floor({"validation": nan}, 0.0)["passed"]
+    assert not promotion.quality_floor({"validation": nan}, 0.5)["passed"]
+    off = promotion.quality_floor({"validation": nan}, 0.0)
+    assert off["passed"] and "off" in off["reason"]
 
 
 def test_versus_champion_uses_the_tolerance():

@@ -61,6 +61,24 @@ def test_robust_view_degrades_deterministically_per_sample_seed():
     assert not np.array_equal(a, plain)
 
 
+def test_scale_augmentation_only_shrinks_before_the_crop(monkeypatch: pytest.MonkeyPatch):
+    """With scale_p alone, a view is the plain view of a down-scaled image: no colour, blur or JPEG change, and a
+    factor drawn from [scale_min, 1]."""
+    img, spec = _photo(5, 96), make_spec("crop", 32, 1)
+    factors: list[float] = []
+    real_downscale = robust.downscale
+    monkeypatch.setattr(robust, "downscale", lambda px, f: factors.append(f) or real_downscale(px, f))
+    views = [robust.robust_train_view(img, spec, np.random.default_rng(s), 0.0, scale_p=1.0, scale_min=0.4)
+             for s in range(40)]
+    assert len(factors) == 40 and all(0.4 <= f <= 1.0 for f in factors) and min(factors) < 0.5
+    for s, view in enumerate(views):  # the same draws, replayed: shrink, then the plain training view
+        rng = np.random.default_rng(s)
+        rng.random()
+        shrunk = real_downscale(img, rng.uniform(0.4, 1.0))
+        assert np.array_equal(view, train_view(shrunk, spec, rng))
+    assert robust.robust_train_view(img, spec, np.random.default_rng(1), 0.0, scale_p=0.0).shape == (32, 32, 3)
+
+
 def test_each_degradation_does_what_it_says():
     img = _photo(3, 64)
     assert robust.downscale(img, 0.5).shape == (32, 32, 3)

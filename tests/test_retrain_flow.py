@@ -140,7 +140,7 @@ def test_reals_only_trains_on_synthetic_fakes_and_says_so(prefect_api, workspace
     shutil.rmtree(workspace["data"] / "df")
     result = retrain(data_url=str(workspace["data"]), artifacts_url=str(workspace["artifacts"]),
                      synthetic_url=str(workspace["synthetic"]), min_images_per_class=5, batch_size=8, epochs=2,
-                     synthetic_fakes=1.0, min_auc=0.0)  # the floor is tested above; this is about the fakes
+                     synthetic_fakes=1.0, min_auc=0.0)  # floor off: tested above; this is about the fakes
     assert result["decision"] == "promoted" and result["reals_only"] is True, (result["reason"], result)
     store = open_store(workspace["artifacts"])
     metrics = store.read_json(f"runs/{result['version']}/metrics.json")

@@ -26,7 +26,7 @@ from dfd.registry import (
     run_key,
     set_champion,
 )
-from dfd.storage import Conflict, LocalStore, NotFound, StorageError, open_store
+from dfd.storage import Conflict, LocalStore, NotFound, StorageError, escape_name, open_store
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -116,13 +116,44 @@ def test_exists_stat_delete_and_not_found(store):
     assert isinstance(NotFound("x"), StorageError)
 
 
-@pytest.mark.parametrize("key", ["../escape", "a/../../b", "a\\b", "nul\x00"])
+@pytest.mark.parametrize("key", ["../escape", "a/../../b", "..\\../b/../../c", "nul\x00"])
 def test_keys_that_could_leave_the_store_are_refused(store, key):
     with pytest.raises(StorageError):
         store.write_bytes(key, b"x")
     with pytest.raises(StorageError):
         store.read_bytes(key)
     assert not store.exists(key)
+
+
+def test_backslashes_are_ordinary_characters_in_keys(store):
+    """A backslash is legal in a POSIX name and an S3 key: it round-trips and never escapes the store.
+    Only a backslash that would read as an escape of a byte that is not UTF-8 is doubled in the key (see
+    :func:`dfd.storage.escape_name`)."""
+    for k in ["back\\slash.jpg", "dir\\name/in.png"]:
+        store.write_bytes(k, k.encode())
+        assert store.read_bytes(k) == k.encode() and store.exists(k) and store.stat(k).size == len(k.encode())
+    if not isinstance(store, LocalStore):
+        # AWS keeps a backslash in a key; SeaweedFS stores it as '/', so its listing says which it did.
+        assert [o.key for o in store.list()] in (["back\\slash.jpg", "dir\\name/in.png"],
+                                                 ["back/slash.jpg", "dir/name/in.png"])
+        for bad in ["..\\x", "a\\..\\..\\b"]:  # '..' between backslashes: refused before any request
+            with pytest.raises(StorageError, match="'..' is not allowed"):
+                store.write_bytes(bad, b"x")
+        with pytest.raises(StorageError, match="UTF-8"):  # names a byte that is not UTF-8: cannot exist in S3
+            store.write_bytes("bad\\xff.jpg", b"x")
+        assert not store.exists("bad\\xff.jpg")
+        return
+    names = ["back\\slash.jpg", "dir\\name/in.png", "..\\x", "two\\\\back.jpg", "literal\\xff.jpg",
+             os.fsdecode(b"bad\xff.jpg")]
+    keys = [escape_name(n) for n in names]
+    assert keys[:3] == names[:3] and keys[3:] == ["two\\\\\\back.jpg", "literal\\\\xff.jpg", "bad\\xff.jpg"]
+    for k in keys[2:]:
+        store.write_bytes(k, k.encode())
+    assert [o.key for o in store.list()] == sorted(keys)  # '..\\x' is one name inside the store
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(n.split("/")[0] for n in names)  # real names
+    for k in keys:
+        assert store.read_bytes(k) == k.encode()
+    assert store.child("dir\\name").read_bytes("in.png") == b"dir\\name/in.png"
 
 
 def test_child_store_is_rooted_at_a_prefix(store):
