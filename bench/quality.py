@@ -67,6 +67,8 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "scale-aug-strong": ("default + scale augmentation (p 0.8, x0.5-x1 down-scale)", {"scale_aug": 0.8}),
     "scale-aug-wide": ("default + scale augmentation (p 0.5, x0.35-x1 down-scale)",
                        {"scale_aug": 0.5, "scale_aug_min": 0.35}),
+    "scale-aug-strong-wide": ("default + scale augmentation (p 0.8, x0.35-x1 down-scale)",
+                              {"scale_aug": 0.8, "scale_aug_min": 0.35}),
     "scale-aug-long": ("scale augmentation p 0.5, 30 epochs (patience 8), learning rate halved on plateaus",
                        {"scale_aug": 0.5, "epochs": 30, "patience": 8, "lr_plateau_patience": 3}),
     "synthetic-fakes": ("default + synthetic fakes from half the training reals", {"synthetic_fakes": 0.5}),

@@ -12,13 +12,16 @@ the stats say that no signal was found (and the promotion's quality floor refuse
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,69 +207,70 @@ def train(
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    tries_file = work_dir / "attempts.json"
-    attempts: list[dict[str, Any]] = json.loads(tries_file.read_text()) if tries_file.is_file() else []
-    weights = class_weights([e.y for e in train_entries])
-    started = time.monotonic()
-    while True:
-        k = len(attempts)
-        last = k + 1 >= max(1, max_attempts)
-        try_seed, try_lr = seed + 1000 * k, learning_rate * stall_lr_factor ** k
-        suffix = f"-{k + 1}" if k else ""
-        if k:
-            log(f"try {k + 1}/{max_attempts}: restarting from seed {try_seed} at learning rate {try_lr:.2e}")
-        keras.utils.set_random_seed(try_seed)
-        model = build_model(arch, int(spec["size"]), width=width, learning_rate=try_lr, seed=try_seed,
-                            weights_path=weights_path)
-        train_ds = _dataset(train_entries, stores, spec, batch_size, True, try_seed, max_pixels, robust_aug,
-                            scale_aug, scale_aug_min)
-        val_ds = _dataset(val_entries, stores, spec, batch_size, False, try_seed, max_pixels)
-        history_csv = work_dir / f"history{suffix}.csv"
-        guard = _StallGuard(stall_epochs, stop=not last)
-        callbacks = [
-            _Backup(work_dir / f"backup{suffix}", log),
-            _ExactValAUC(val_ds, np.array([e.y for e in val_entries])),
-            keras.callbacks.CSVLogger(str(history_csv), append=True),
-            guard,
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
-                                          restore_best_weights=True),
-            _EpochLog(log, epochs, len(train_entries)),
-        ]
-        if plateau_patience > 0:
-            callbacks.insert(-1, keras.callbacks.ReduceLROnPlateau(
-                monitor="val_auc", mode="max", factor=0.5, patience=plateau_patience, min_lr=try_lr / 16))
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
-                  class_weight=weights, callbacks=callbacks)
-        history = _read_history(history_csv)
-        record = {"try": k + 1, "seed": try_seed, "learning_rate": try_lr,
-                  "epochs": len(history.get("loss", [])), "outcome": "stalled" if guard.stalled else "trained"}
-        if guard.stalled and not last:
+    with _exclusive(work_dir):
+        tries_file = work_dir / "attempts.json"
+        attempts = _read_attempts(tries_file, log)
+        weights = class_weights([e.y for e in train_entries])
+        started = time.monotonic()
+        while True:
+            k = len(attempts)
+            last = k + 1 >= max(1, max_attempts)
+            try_seed, try_lr = seed + 1000 * k, learning_rate * stall_lr_factor ** k
+            suffix = f"-{k + 1}" if k else ""
+            if k:
+                log(f"try {k + 1}/{max_attempts}: restarting from seed {try_seed} at learning rate {try_lr:.2e}")
+            keras.utils.set_random_seed(try_seed)
+            model = build_model(arch, int(spec["size"]), width=width, learning_rate=try_lr, seed=try_seed,
+                                weights_path=weights_path)
+            train_ds = _dataset(train_entries, stores, spec, batch_size, True, try_seed, max_pixels, robust_aug,
+                                scale_aug, scale_aug_min)
+            val_ds = _dataset(val_entries, stores, spec, batch_size, False, try_seed, max_pixels)
+            history_csv = work_dir / f"history{suffix}.csv"
+            guard = _StallGuard(stall_epochs, stop=not last)
+            callbacks = [
+                _Backup(work_dir / f"backup{suffix}", log),
+                _ExactValAUC(val_ds, np.array([e.y for e in val_entries])),
+                keras.callbacks.CSVLogger(str(history_csv), append=True),
+                guard,
+                keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                              restore_best_weights=True),
+                _EpochLog(log, epochs, len(train_entries)),
+            ]
+            if plateau_patience > 0:
+                callbacks.insert(-1, keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_auc", mode="max", factor=0.5, patience=plateau_patience, min_lr=try_lr / 16))
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
+                      class_weight=weights, callbacks=callbacks)
+            history = _read_history(history_csv)
+            record = {"try": k + 1, "seed": try_seed, "learning_rate": try_lr,
+                      "epochs": len(history.get("loss", [])), "outcome": "stalled" if guard.stalled else "trained"}
+            if guard.stalled and not last:
+                attempts.append(record)
+                tries_file.write_text(json.dumps(attempts))
+                log(f"try {k + 1} stalled: loss pinned at ln 2 and validation AUC at 0.5 for the first "
+                    f"{stall_epochs} epochs (a collapsed, constant output)")
+                continue
+            no_signal = guard.stalled and not any(v >= 0.5 + STALL_AUC_MARGIN for v in history.get("val_auc", []))
+            if no_signal:
+                record["outcome"] = "stalled"
+                log(f"no signal found: every one of {k + 1} tries stayed at chance (validation AUC 0.5) or diverged; "
+                    "the model learned nothing and must not be promoted")
             attempts.append(record)
-            tries_file.write_text(json.dumps(attempts))
-            log(f"try {k + 1} stalled: loss pinned at ln 2 and validation AUC at 0.5 for the first "
-                f"{stall_epochs} epochs (a collapsed, constant output)")
-            continue
-        no_signal = guard.stalled and not any(v >= 0.5 + STALL_AUC_MARGIN for v in history.get("val_auc", []))
-        if no_signal:
-            record["outcome"] = "stalled"
-            log(f"no signal found: every one of {k + 1} tries stayed at chance (validation AUC 0.5) or diverged; "
-                "the model learned nothing and must not be promoted")
-        attempts.append(record)
-        break
-    seconds = time.monotonic() - started
-    epochs_run = len(history.get("loss", []))
-    stats = {
-        "epochs_run": epochs_run,
-        "train_seconds": round(seconds, 2),
-        "train_images": len(train_entries),
-        "train_images_per_s": round(len(train_entries) * max(sum(a["epochs"] for a in attempts), 1)
-                                    / max(seconds, 1e-9), 1),
-        "class_weights": weights,
-        "attempts": attempts,
-        "no_signal": no_signal,
-    }
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return model, history, stats
+            break
+        seconds = time.monotonic() - started
+        epochs_run = len(history.get("loss", []))
+        stats = {
+            "epochs_run": epochs_run,
+            "train_seconds": round(seconds, 2),
+            "train_images": len(train_entries),
+            "train_images_per_s": round(len(train_entries) * max(sum(a["epochs"] for a in attempts), 1)
+                                        / max(seconds, 1e-9), 1),
+            "class_weights": weights,
+            "attempts": attempts,
+            "no_signal": no_signal,
+        }
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return model, history, stats
 
 
 class _Backup(keras.callbacks.BackupAndRestore):
@@ -290,20 +294,63 @@ class _Backup(keras.callbacks.BackupAndRestore):
             self.model._initial_epoch = 0  # noqa: SLF001 - the attribute BackupAndRestore itself sets
 
 
+class TrainingBusy(RuntimeError):
+    """Another process is running the same training (same data and settings) in the same work folder."""
+
+
+@contextlib.contextmanager
+def _exclusive(work_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``work_dir`` for one training: two trainings of the same data and settings
+    would otherwise share one checkpoint and one CSV log, and each tear the other's. The second is refused at
+    once with a clear message (the lock dies with its process, so a killed run never blocks a later one)."""
+    fd = os.open(work_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingBusy(f"another training of the same data and settings is running in {work_dir}; "
+                               "wait for it to finish (or give this one another DFD_WORK_DIR)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_attempts(path: Path, log: Log) -> list[dict[str, Any]]:
+    """The tries a killed run had already found stalled; an unreadable file counts as none."""
+    if not path.is_file():
+        return []
+    try:
+        tries = json.loads(path.read_text())
+        return tries if isinstance(tries, list) else []
+    except (OSError, ValueError):
+        log(f"{path} is unreadable; starting from the first try")
+        return []
+
+
 def _read_history(path: Path) -> dict[str, list[float]]:
-    """Per-epoch metrics from the CSV log; a resumed run's repeated epochs keep their last value."""
+    """Per-epoch metrics from the CSV log; a resumed run's repeated epochs keep their last value. Rows that
+    are not metrics (a second header written by an interrupted run, a torn last line) are skipped."""
     if not path.is_file():
         return {}
     by_epoch: dict[int, dict[str, str]] = {}
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
-            by_epoch[int(row["epoch"])] = row
+            if None in row.values() or not (row.get("epoch") or "").isdigit():
+                continue  # a torn last line, or a second header
+            by_epoch[int(row["epoch"])] = {k: v for k, v in row.items() if k != "epoch" and _is_number(v)}
     history: dict[str, list[float]] = {}
     for epoch in sorted(by_epoch):
         for k, v in by_epoch[epoch].items():
-            if k != "epoch" and v not in ("", None):
-                history.setdefault(k, []).append(float(v))
+            history.setdefault(k, []).append(float(v))
     return history
+
+
+def _is_number(value: str | None) -> bool:
+    try:
+        float(value if isinstance(value, str) else "")
+        return True
+    except ValueError:
+        return False
 
 
 def training_key(fingerprint: str, config: dict[str, Any]) -> str:

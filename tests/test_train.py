@@ -76,3 +76,32 @@ def test_a_resumed_training_skips_tries_already_found_stalled(tiny, tmp_path: Pa
     _, _, stats = _train(tiny, work, lines, learning_rate=10.0, stall_lr_factor=1e-3)
     assert [t["try"] for t in stats["attempts"]] == [1, 2]
     assert lines[0].startswith("try 2/3"), lines
+
+
+def test_a_second_training_in_the_same_work_folder_is_refused_at_once(tiny, tmp_path: Path):
+    """Two retrains of the same data and settings share one work folder; the second must not tear the first's
+    checkpoint and log. The lock is the first's (held here by this test), released when its holder dies."""
+    import fcntl
+    import os
+
+    from dfd.train import TrainingBusy
+
+    work = tmp_path / "w"
+    work.mkdir()
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(TrainingBusy, match="another training of the same data and settings is running"):
+            _train(tiny, work, [], learning_rate=1e-3)
+        assert (work / ".lock").exists() and not (work / "history.csv").exists()  # nothing of the first touched
+    finally:
+        os.close(fd)
+
+
+def test_a_torn_history_log_is_read_without_its_junk(tmp_path: Path):
+    from dfd.train import _read_history
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_auc\n0,0.69,0.5\nepoch,loss,val_auc\n1,0.60,0.7\n0,0.68,0.55\n2,0.5")
+    history = _read_history(path)
+    assert history == {"loss": [0.68, 0.60], "val_auc": [0.55, 0.7]}  # the torn last row is left out
