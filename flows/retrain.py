@@ -27,6 +27,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from dfd.demo import DEMO_NOTE  # noqa: E402
 from dfd.notify import flow_failure_hook, notify  # noqa: E402
 from dfd.settings import Settings  # noqa: E402
+from flows import ephemeral  # noqa: E402
 from tasks import retrain as t  # noqa: E402
 
 
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{default_data} had no images: generated a demo set ({counts['real']} real, "
                   f"{counts['df']} fake).\nNOTE: {DEMO_NOTE}\n")
     started = time.monotonic()
+    ephemeral.prepare()
     try:
         result = retrain(**args, force=force)
     except Exception as exc:  # noqa: BLE001 - the command reports and exits non-zero

@@ -26,6 +26,7 @@ from dfd.registry import RegistryError, resolve_version
 from dfd.scoring import ScoringError, check_source, format_summary
 from dfd.settings import Settings, SettingsError
 from dfd.storage import StorageError, open_store
+from flows import ephemeral
 from tasks.scoring import find_ready_batches, publish_inbox_table, publish_summary, score_folder_task
 
 
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ScoringError, RegistryError, StorageError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    ephemeral.prepare()
     try:
         result = score_batch(
             path=args.path,
