@@ -14,7 +14,7 @@ from flask import Flask
 
 from app.catalog import Catalog
 from app.config import load_config
-from app.scoring import ModelHolder, ThumbnailCache
+from app.scoring import Gate, ModelHolder, ThumbnailCache
 from dfd.storage import open_store
 
 # Sent with every response: the app's own, and the errors waitress answers by itself (app/serve.py).
@@ -43,9 +43,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     store = open_store(app.config["ARTIFACTS_URL"], app.config["S3_ENDPOINT_URL"] or None)
     refresh = float(app.config["REFRESH_SECONDS"])
     app.extensions["dfd_catalog"] = Catalog(store, refresh, int(app.config["TABLE_CACHE_ENTRIES"]))
-    app.extensions["dfd_model"] = ModelHolder(store, app.config["CACHE_DIR"], refresh)
+    wait = float(app.config["PREDICT_WAIT_SECONDS"])
+    predict_gate = Gate(int(app.config["PREDICT_CONCURRENCY"]), int(app.config["PREDICT_QUEUE"]), wait)
+    app.extensions["dfd_model"] = ModelHolder(store, app.config["CACHE_DIR"], refresh, gate=predict_gate)
     app.extensions["dfd_thumbs"] = ThumbnailCache(
-        int(app.config["THUMB_CACHE_ENTRIES"]), int(app.config["THUMB_SIZE"]), int(app.config["THUMB_QUALITY"])
+        int(app.config["THUMB_CACHE_ENTRIES"]), int(app.config["THUMB_SIZE"]), int(app.config["THUMB_QUALITY"]),
+        gate=Gate(int(app.config["THUMB_CONCURRENCY"]), 1024, wait, what="thumbnails"),
     )
     app.extensions["dfd_source_stores"] = {}
 

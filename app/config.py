@@ -36,6 +36,16 @@ DEFAULTS: dict[str, Any] = {
     # Explanation heatmaps: at most this many model views per image, and the longest side shown.
     "EXPLAIN_MAX_TILES": 64,
     "EXPLAIN_DISPLAY_SIZE": 448,
+    # Grad-CAM and the overlay work on a copy of the upload at most this many pixels on its longest side
+    # (the score always uses the full image, like batch scoring).
+    "EXPLAIN_MAX_SIDE": 1024,
+    # Uploads decoded, scored and explained at once; how many more may wait for a slot, and for how long.
+    # Beyond that: 503 with Retry-After. The defaults leave 2 of the server's 8 threads to the pages.
+    "PREDICT_CONCURRENCY": 2,
+    "PREDICT_QUEUE": 4,
+    "PREDICT_WAIT_SECONDS": 60.0,
+    # Originals decoded for thumbnails at once (the others wait, up to PREDICT_WAIT_SECONDS).
+    "THUMB_CONCURRENCY": 2,
     # Where downloaded models are cached when the store is remote.
     "CACHE_DIR": ".dfd-work/viewer",
     # Store URL where uploads are kept; empty (default) = uploads are never stored.
@@ -54,6 +64,11 @@ ENV_NAMES = {
     "THUMB_CACHE_ENTRIES": "VIEWER_THUMB_CACHE_ENTRIES",
     "TABLE_CACHE_ENTRIES": "VIEWER_TABLE_CACHE_ENTRIES",
     "EXPLAIN_MAX_TILES": "VIEWER_EXPLAIN_MAX_TILES",
+    "EXPLAIN_MAX_SIDE": "VIEWER_EXPLAIN_MAX_SIDE",
+    "PREDICT_CONCURRENCY": "VIEWER_PREDICT_CONCURRENCY",
+    "PREDICT_QUEUE": "VIEWER_PREDICT_QUEUE",
+    "PREDICT_WAIT_SECONDS": "VIEWER_PREDICT_WAIT_SECONDS",
+    "THUMB_CONCURRENCY": "VIEWER_THUMB_CONCURRENCY",
     "CACHE_DIR": "VIEWER_CACHE_DIR",
     "KEEP_UPLOADS_URL": "VIEWER_KEEP_UPLOADS_URL",
 }

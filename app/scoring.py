@@ -1,8 +1,12 @@
 """The champion model for the classify page: loaded on first use, reloaded when ``champion.json`` changes,
 plus a Grad-CAM explanation heatmap and thumbnails.
 
-Scoring goes through :class:`dfd.predict.Predictor` (the same code path as batch scoring), so a score shown
-here equals the score the batch flow gives the same file.
+Scoring goes through :class:`dfd.predict.Predictor` on the full decoded image (the same decoder and the same
+:func:`dfd.preprocess.eval_views` as batch scoring), so a score shown here equals the score the batch flow
+gives the same file, whatever its size. Everything else is bounded: as soon as the views are cut, the
+decoded image is replaced by a copy at most ``explain_side`` pixels on its longest side, which Grad-CAM and
+the overlay use, and a :class:`Gate` lets only a few uploads do this work at once (issue 14: a 120 KB PNG of
+6000 x 6000 pixels used to take 3 GB and 15 s).
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +36,68 @@ FAKE_SENTENCE = "This is a Deepfake Image!"
 
 class NoModel(RuntimeError):
     """There is no champion to score with (the routes answer 503)."""
+
+
+class Busy(RuntimeError):
+    """Too many uploads are being classified or waiting; try again after ``retry_after`` seconds (503)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Gate:
+    """At most ``slots`` callers inside at once; at most ``queue`` more wait, each up to ``wait_seconds``.
+
+    A caller that finds the queue full, or waits too long, gets :class:`Busy` with a Retry-After estimate
+    (the recent mean time inside, times the callers ahead of it per slot). This bounds the memory and CPU
+    that uploads can take, and keeps server threads free for the pages.
+    """
+
+    def __init__(self, slots: int, queue: int, wait_seconds: float, what: str = "uploads"):
+        self.slots = max(1, int(slots))
+        self.queue = max(0, int(queue))
+        self.wait_seconds = max(0.0, float(wait_seconds))
+        self.what = what
+        self._sem = threading.BoundedSemaphore(self.slots)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._mean_s = 1.0  # moving average of the time spent inside
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused caller may find a slot."""
+        ahead = self._waiting + self.slots
+        return int(min(300, max(1, math.ceil(self._mean_s * ahead / self.slots))))
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the ``with`` block (raises :class:`Busy` when none can be had)."""
+        if not self._sem.acquire(blocking=False):
+            with self._lock:
+                if self._waiting >= self.queue:
+                    raise Busy(f"the server is busy: {self.slots} {self.what} in progress and "
+                               f"{self._waiting} waiting; try again shortly", self.retry_after())
+                self._waiting += 1
+            try:
+                got = self._sem.acquire(timeout=self.wait_seconds)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not got:
+                raise Busy(f"the server is busy: no slot for these {self.what} within {self.wait_seconds:g} s; "
+                           "try again shortly", self.retry_after())
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - start
+            with self._lock:
+                self._mean_s = 0.7 * self._mean_s + 0.3 * elapsed
+            self._sem.release()
 
 
 @dataclass
@@ -60,15 +129,18 @@ class Verdict:
 
 class ModelHolder:
     """Holds the champion's :class:`~dfd.predict.Predictor`; checks the pointer at most every ``refresh``
-    seconds and loads a new model only when the champion version changed."""
+    seconds and loads a new model only when the champion version changed. ``gate`` bounds how many uploads
+    are decoded, scored and explained at once (by default 2 at a time, 4 waiting)."""
 
-    def __init__(self, store: Store, cache_dir: str, refresh_seconds: float = 2.0):
+    def __init__(self, store: Store, cache_dir: str, refresh_seconds: float = 2.0, gate: Gate | None = None):
         self.store = store
         self.cache_dir = cache_dir
         self.refresh = refresh_seconds
+        self.gate = gate or Gate(2, 4, 60.0)
         self._predictor: Any = None
         self._checked = 0.0
         self._load_lock = threading.Lock()
+        self._warm_version: str | None = None
         self.run_lock = threading.Lock()  # one inference at a time: the CPU is the bottleneck anyway
 
     @property
@@ -95,29 +167,69 @@ class ModelHolder:
             self._checked = time.monotonic()
             return self._predictor
 
-    def classify(self, data: bytes, max_pixels: int, explain: bool = False, max_tiles: int = 64,
-                 display_size: int = 448) -> Verdict:
-        """Decode (raises :class:`dfd.imageio.ImageError`), score and optionally explain one upload."""
-        decoded = decode_image(data, max_pixels)
+    def warm(self) -> str:
+        """Load the champion and run one small explained prediction through it (once per version), so that
+        the first real upload pays for neither; returns the version. Raises :class:`NoModel`, :class:`Busy`."""
         predictor = self.get()
-        with self.run_lock:
-            score = float(predictor.score_pixels([decoded.pixels])[0])
-            heat, note = (gradcam_map(predictor, decoded.pixels, max_tiles) if explain else (None, ""))
-        label = predictor.label(score)
-        verdict = Verdict(
-            label=label,
-            sentence=FAKE_SENTENCE if label == "deepfake" else REAL_SENTENCE,
-            score=score,
-            threshold=float(predictor.threshold),
-            model_version=predictor.version,
-            width=decoded.width,
-            height=decoded.height,
-            format=decoded.format,
-        )
-        if heat is not None:
-            verdict.heatmap = data_uri(overlay(decoded.pixels, heat, display_size), "JPEG")
-            verdict.heatmap_note = note
-        return verdict
+        if self._warm_version != predictor.version:
+            side = 2 * int(predictor.spec["size"])
+            ramp = np.linspace(0, 255, side).astype(np.uint8)
+            pixels = np.full((side, side, 3), 128, np.uint8)
+            pixels[..., 0], pixels[..., 1] = ramp[:, None], ramp[None, :]
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            self.classify(buf.getvalue(), side * side, explain=True)
+            self._warm_version = predictor.version
+        return str(predictor.version)
+
+    def classify(self, data: bytes, max_pixels: int, explain: bool = False, max_tiles: int = 64,
+                 display_size: int = 448, explain_side: int = 1024) -> Verdict:
+        """Decode (raises :class:`dfd.imageio.ImageError`), score and optionally explain one upload, inside
+        one slot of :attr:`gate` (raises :class:`Busy` when there is none).
+
+        The score uses the full decoded image (batch parity); the heatmap and overlay use a copy shrunk to
+        at most ``explain_side`` pixels, made before the full image is dropped."""
+        with self.gate.slot():
+            predictor = self.get()
+            decoded = decode_image(data, max_pixels)
+            width, height, fmt = decoded.width, decoded.height, decoded.format
+            views = predictor.views(decoded.pixels)  # the views batch scoring cuts, from the same pixels
+            small = bounded(decoded.pixels, explain_side) if explain else None
+            shrunk = small is not None and small.shape[:2] != decoded.pixels.shape[:2]
+            del decoded  # the full image is not needed past this point
+            with self.run_lock:
+                score = float(predictor.score_views(views)[0])
+                heat, note = ((None, "") if small is None else
+                              gradcam_map(predictor, small, max_tiles, views=views))
+            label = predictor.label(score)
+            verdict = Verdict(
+                label=label,
+                sentence=FAKE_SENTENCE if label == "deepfake" else REAL_SENTENCE,
+                score=score,
+                threshold=float(predictor.threshold),
+                model_version=predictor.version,
+                width=width,
+                height=height,
+                format=fmt,
+            )
+            if heat is not None and small is not None:
+                if shrunk and "shrunk" not in note:
+                    note += f", on the image shrunk to {small.shape[1]}x{small.shape[0]}"
+                verdict.heatmap = data_uri(overlay(small, heat, display_size), "JPEG")
+                verdict.heatmap_note = note
+            return verdict
+
+
+def bounded(pixels: np.ndarray, side: int) -> np.ndarray:
+    """``pixels`` itself when its longest side is at most ``side``, else a copy shrunk to fit (area-averaged
+    by Pillow's reduce first, so the cost stays close to one pass over the image)."""
+    h, w = pixels.shape[:2]
+    side = max(1, int(side))
+    if max(h, w) <= side:
+        return pixels
+    img = Image.fromarray(pixels)
+    img.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(img)
 
 
 # --- Grad-CAM ---------------------------------------------------------------------------------------------
@@ -154,13 +266,15 @@ def _tiles(h: int, w: int, size: int, max_tiles: int) -> tuple[list[tuple[int, i
         scale *= 0.8
 
 
-def gradcam_map(predictor: Any, pixels: np.ndarray, max_tiles: int = 64) -> tuple[np.ndarray | None, str]:
+def gradcam_map(predictor: Any, pixels: np.ndarray, max_tiles: int = 64,
+                views: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
     """A heatmap in [0, 1] with the image's shape (H x W): where the model's evidence for "deepfake" lies.
 
     Grad-CAM (Selvaraju et al.) on the last convolutional feature map, with the gradient of the logit of
     P(deepfake). Crop models see the image through overlapping native-resolution tiles and the tile maps are
-    averaged; resize models see the whole image resized. Returns ``(None, reason)`` when the model has no
-    spatial layer.
+    averaged; resize models see the whole image resized (``views``, when given, are used as that view: the
+    ones cut from the full image for scoring). Returns ``(None, reason)`` when the model has no spatial layer.
+    The work is bounded by ``max_tiles`` views and by the size of ``pixels`` (the caller shrinks big images).
     """
     import keras
     import tensorflow as tf
@@ -178,7 +292,7 @@ def gradcam_map(predictor: Any, pixels: np.ndarray, max_tiles: int = 64) -> tupl
     h, w = pixels.shape[:2]
     note = f"Grad-CAM on layer {layer.name!r}"
     if spec["mode"] == "resize":
-        views = predictor.views(pixels).astype(np.float32)
+        views = (predictor.views(pixels) if views is None else views[:1]).astype(np.float32)
         corners, work = [(0, 0)], None
     else:
         corners, hh, ww = _tiles(h, w, size, max_tiles)
@@ -229,17 +343,20 @@ def _colormap(v: np.ndarray) -> np.ndarray:
 
 
 def overlay(pixels: np.ndarray, heat: np.ndarray, display_size: int = 448) -> Image.Image:
-    """The image with the heatmap blended over it, shrunk so its longest side is ``display_size``."""
+    """The image with the heatmap blended over it, shrunk so its longest side is ``display_size``.
+
+    The image is shrunk first and the heatmap resized to that size before it is coloured, so the work is
+    that of a ``display_size`` image whatever the input's size."""
     base = Image.fromarray(pixels)
-    heat_img = Image.fromarray(_colormap(heat))
     longest = max(base.size)
     if longest < display_size // 2:  # small images are shown larger (pixels kept sharp)
         factor = (display_size // 2) / longest
         base = base.resize((max(1, round(base.width * factor)), max(1, round(base.height * factor))),
                            Image.Resampling.NEAREST)
-    base.thumbnail((display_size, display_size))
-    heat_img = heat_img.resize(base.size, Image.Resampling.BILINEAR)
-    alpha = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(base.size)
+    base.thumbnail((display_size, display_size), reducing_gap=2.0)
+    small = np.clip(_resize_map(heat, base.width, base.height), 0, 1)
+    heat_img = Image.fromarray(_colormap(small))
+    alpha = Image.fromarray((small * 255).astype(np.uint8))
     alpha = alpha.point(lambda a: int(30 + a * 0.6))  # always a little tint, strong where the evidence is
     return Image.composite(heat_img, base, alpha)
 
@@ -255,10 +372,11 @@ def data_uri(img: Image.Image, fmt: str = "JPEG") -> str:
 class ThumbnailCache:
     """Small JPEG thumbnails made on demand from decoded originals, kept in an LRU keyed by content hash."""
 
-    def __init__(self, entries: int = 4096, size: int = 96, quality: int = 80):
+    def __init__(self, entries: int = 4096, size: int = 96, quality: int = 80, gate: Gate | None = None):
         self.entries = max(1, entries)
         self.size = size
         self.quality = quality
+        self.gate = gate or Gate(2, 1024, 60.0, what="thumbnails")  # bounds decodes of big originals at once
         self._data: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -270,16 +388,18 @@ class ThumbnailCache:
             return data
 
     def make(self, key: str, original: bytes, max_pixels: int) -> bytes:
-        """The thumbnail for ``original`` (decoded safely; raises :class:`dfd.imageio.ImageError`)."""
+        """The thumbnail for ``original`` (decoded safely; raises :class:`dfd.imageio.ImageError`, or
+        :class:`Busy` when too many are being made). At most ``gate.slots`` originals are decoded at once, and
+        big ones are shrunk by area-averaging before the final LANCZOS pass (``reducing_gap``)."""
         cached = self.get(key)
         if cached is not None:
             return cached
-        decoded = decode_image(original, max_pixels)
-        img = Image.fromarray(decoded.pixels)
-        img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=self.quality)
-        data = buf.getvalue()
+        with self.gate.slot():
+            img = Image.fromarray(decode_image(original, max_pixels).pixels)
+            img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=self.quality)
+            data = buf.getvalue()
         with self._lock:
             self._data[key] = data
             while len(self._data) > self.entries:

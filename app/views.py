@@ -18,10 +18,10 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from app.catalog import LABELS, SORTS, Catalog, NotFoundError, ResultTable, iter_csv, safe_name
-from app.scoring import ModelHolder, NoModel, ThumbnailCache, Verdict, content_key
+from app.scoring import Busy, ModelHolder, NoModel, ThumbnailCache, Verdict, content_key
 from dfd.imageio import ImageError, has_image_extension
 from dfd.storage import StorageError, Store, clean_key, open_store
 
@@ -39,7 +39,7 @@ def model() -> ModelHolder:
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return request.path.startswith("/api/") or request.path in ("/healthz", "/readyz")
 
 
 # --- helpers shared by pages and API --------------------------------------------------------------------
@@ -184,6 +184,11 @@ def read_upload() -> tuple[bytes, str]:
     return data, upload.filename or "upload"
 
 
+def busy(exc: Busy) -> ServiceUnavailable:
+    """The 503 for a full queue; its Retry-After header survives the error handlers."""
+    return ServiceUnavailable(description=str(exc), retry_after=exc.retry_after)
+
+
 def classify_upload(explain: bool) -> Verdict:
     check_token()
     data, name = read_upload()
@@ -191,12 +196,14 @@ def classify_upload(explain: bool) -> Verdict:
     try:
         verdict = model().classify(
             data, int(cfg["MAX_IMAGE_PIXELS"]), explain=explain, max_tiles=int(cfg["EXPLAIN_MAX_TILES"]),
-            display_size=int(cfg["EXPLAIN_DISPLAY_SIZE"]),
+            display_size=int(cfg["EXPLAIN_DISPLAY_SIZE"]), explain_side=int(cfg["EXPLAIN_MAX_SIDE"]),
         )
     except ImageError as exc:
         abort(400, description=f"not a usable image ({exc.reason}): {exc.detail or 'cannot be decoded'}")
     except NoModel as exc:
         abort(503, description=str(exc))
+    except Busy as exc:
+        raise busy(exc) from None
     keep = cfg.get("KEEP_UPLOADS_URL") or ""
     if keep:
         ext = name.rsplit(".", 1)[-1].lower() if has_image_extension(name) else "bin"
@@ -328,6 +335,8 @@ def thumbnail(batch_id: str, index: int):
             data = thumbs.make(key, store.read_bytes(path), int(current_app.config["MAX_IMAGE_PIXELS"]))
         except (StorageError, ImageError):
             abort(404)
+        except Busy as exc:
+            raise busy(exc) from None
     resp = Response(data, mimetype="image/jpeg")
     resp.headers["Cache-Control"] = "private, max-age=3600"
     resp.set_etag(key)
@@ -354,10 +363,8 @@ def classify_page():
     except HTTPException as exc:
         if exc.code == 413:
             raise
-        return (
-            render_template("classify.html", verdict=None, error=exc.description, token_required=token_required),
-            exc.code,
-        )
+        page = render_template("classify.html", verdict=None, error=exc.description, token_required=token_required)
+        return page, exc.code, _retry_after(exc)
     return render_template("classify.html", verdict=verdict, error=None, token_required=token_required)
 
 
@@ -371,6 +378,19 @@ def healthz():
     except StorageError as exc:
         return jsonify(status="error", error=str(exc)), 503
     return jsonify(status="ok", champion=champ, model_loaded=model().loaded_version)
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 once the champion is loaded and has made one prediction (loading it now if needed), so a client
+    or a test can wait for the model instead of letting the first upload pay for it; 503 without one."""
+    try:
+        version = model().warm()
+    except NoModel as exc:
+        return jsonify(status="no model", error=str(exc)), 503
+    except Busy as exc:
+        raise busy(exc) from None
+    return jsonify(status="ready", model_version=version)
 
 
 @bp.get("/api/champion")
@@ -445,7 +465,15 @@ def http_error(exc: HTTPException):
     if code == 413:
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         description = f"the upload is larger than the limit of {limit / 1e6:.1f} MB"
-    return _error(code, description)
+    response, status = _error(code, description)
+    response.headers.update(_retry_after(exc))
+    return response, status
+
+
+def _retry_after(exc: HTTPException) -> dict[str, str]:
+    """The Retry-After header an HTTP error carries (a busy 503), if any."""
+    value = getattr(exc, "retry_after", None)
+    return {"Retry-After": str(value)} if value is not None else {}
 
 
 @bp.app_errorhandler(StorageError)
@@ -454,7 +482,7 @@ def storage_error(exc: StorageError):
     return _error(503, "the artifact store cannot be read right now")
 
 
-def _error(code: int, message: str):
+def _error(code: int, message: str) -> tuple[Response, int]:
     if wants_json():
         return jsonify(error=message, status=code), code
-    return render_template("error.html", code=code, message=message), code
+    return Response(render_template("error.html", code=code, message=message), mimetype="text/html"), code

@@ -98,6 +98,41 @@ def read_run(store: Store, version: str) -> dict[str, Any]:
         return {"version": version, "decision": "pending"}
 
 
+def reconcile(store: Store, older_than_s: float = 3 * 3600.0, now: float | None = None) -> list[str]:
+    """Tidy what interrupted runs left, so that every version tells the truth; returns one line per action.
+
+    Only leftovers older than ``older_than_s`` are touched (a run that is publishing right now is not a
+    leftover):
+
+    * a run folder without ``_COMPLETE`` was never visible: it is deleted, with any temporary files;
+    * a published run without ``run.json`` stopped between publishing and recording its decision. If the
+      champion pointer (or its history) names it, the promotion happened and is recorded as ``promoted``;
+      otherwise it is recorded as ``abandoned``, so the viewer no longer shows it as pending.
+    """
+    now = time.time() if now is None else now
+    pointer = read_champion(store) or {}
+    promoted = {pointer.get("version")} | {h.get("version") for h in pointer.get("history", [])}
+    done = []
+    for version in store.list_dirs(RUNS):
+        objects = list(store.list(run_key(version)))
+        if not objects or now - max(o.mtime for o in objects) < older_than_s:
+            continue  # nothing there (some S3 servers list emptied folders), or possibly a run in progress
+        if not any(o.key == run_key(version, COMPLETE) for o in objects):
+            store.delete_prefix(run_key(version))
+            done.append(f"removed the incomplete run {version} ({len(objects)} files; never published)")
+        elif not any(o.key == run_key(version, RUN_RECORD) for o in objects):
+            if version in promoted:
+                record = {"decision": "promoted", "reason": "recorded after an interrupted run: the champion "
+                          "pointer names this version, so its promotion happened"}
+            else:
+                record = {"decision": "abandoned", "reason": "the run was interrupted after publishing and "
+                          "before its promotion decision; it was never champion"}
+            store.write_json(run_key(version, RUN_RECORD), {"version": version, **record,
+                                                            "reconciled_at": _now()})
+            done.append(f"recorded run {version} as {record['decision']}")
+    return done
+
+
 def read_champion(store: Store) -> dict[str, Any] | None:
     """The champion pointer (``{"version": ..., "promoted_at": ..., "history": [...]}``), or ``None``."""
     try:

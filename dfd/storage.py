@@ -120,6 +120,14 @@ class Store:
     def stat(self, key: str) -> ObjectInfo:
         raise NotImplementedError
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under the folder ``prefix`` (and, on disk, the folder with any temporary files
+        an interrupted write left in it); returns how many objects were deleted."""
+        keys = [o.key for o in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
     def upload_file(self, local_path: str | Path, key: str) -> None:
         """Copy a local file into the store atomically."""
         self.write_bytes(key, Path(local_path).read_bytes())
@@ -268,6 +276,13 @@ class LocalStore(Store):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def delete_prefix(self, prefix: str) -> int:
+        count = super().delete_prefix(prefix)
+        folder = self._path(prefix)
+        if clean_key(prefix) and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+        return count
 
     def upload_file(self, local_path: str | Path, key: str) -> None:
         dest = self._path(key)

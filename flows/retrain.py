@@ -93,6 +93,7 @@ def retrain(
     )
     s = settings.public_dict()
     s["webhook_url"] = settings.webhook_url
+    t.reconcile_registry(s)
     log.info("stage 1/6: validate data (%s)", settings.data_url)
     validated = t.validate_data(s)
     _rename_run(f"retrain {started[:10]} data={validated['fingerprint'][:8]}{' forced' if force else ''}")

@@ -42,6 +42,15 @@ def _split_entries(run_dir: Path, split: str, synthetic_manifest: str | None = N
     return split_entries(data.read_manifest(run_dir / "split_manifest.csv"), synthetic, split)
 
 
+@task(name="reconcile-registry", retries=2, retry_delay_seconds=[2, 10])
+def reconcile_registry(s: S) -> list[str]:
+    """Tidy what interrupted runs left in the artifact store (see :func:`dfd.registry.reconcile`)."""
+    actions = registry.reconcile(_stores(_settings(s))[2])
+    for line in actions:
+        get_run_logger().warning("registry: %s", line)
+    return actions
+
+
 @task(name="validate-data", retries=1, retry_delay_seconds=5)
 def validate_data(s: S) -> S:
     """Discover, decode and split the data; write the manifest and quarantine report to a new run folder."""

@@ -333,6 +333,100 @@ def test_heatmap_for_large_and_small_images(client):
     assert tiny["heatmap"].startswith("data:image/jpeg")
 
 
+def test_big_upload_scored_like_batch_and_explained_on_a_bounded_copy(client, world, monkeypatch):
+    """Issue 14: a big image is scored on all its pixels (the batch score), while Grad-CAM and the overlay
+    work on a copy at most EXPLAIN_MAX_SIDE px, so memory stays a small multiple of the decoded image."""
+    import tracemalloc
+
+    import app.scoring as scoring
+    from dfd.predict import Predictor
+
+    upload(client, png_bytes(sample_image(0, 64)))  # loads the model outside the measurement
+    big = np.asarray(Image.fromarray(sample_image(5, 64)).resize((3000, 2400), Image.Resampling.NEAREST))
+    data = png_bytes(big)
+    seen: list[tuple[int, ...]] = []
+    real_gradcam = scoring.gradcam_map
+
+    def spy(predictor, pixels, *args, **kw):
+        seen.append(pixels.shape)
+        return real_gradcam(predictor, pixels, *args, **kw)
+
+    monkeypatch.setattr(scoring, "gradcam_map", spy)
+    tracemalloc.start()
+    try:
+        r = upload(client, data, url="/api/predict?explain=1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 200, r.get_data(as_text=True)
+    body = r.json
+    expected = Predictor.from_folder(world / "artifacts" / "runs" / CHAMPION).score_bytes(data)
+    assert body["score"] == pytest.approx(expected, abs=1e-6)  # the same score as batch scoring
+    assert (body["width"], body["height"]) == (3000, 2400)
+    assert seen and max(seen[0][:2]) <= 1024 and "shrunk" in body["heatmap_note"]
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap"].split(",", 1)[1])))
+    assert max(heat.size) == 448
+    # Decoding alone holds the pixels twice (Pillow's bytes, then the array); before the fix the full-size
+    # heatmap and its colour layers took 20x the decoded image.
+    assert peak < 3 * big.nbytes, f"{peak / 1e6:.0f} MB traced for a {big.nbytes / 1e6:.0f} MB image"
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds (a generous bound)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.01)
+
+
+def test_busy_predictions_wait_in_a_bounded_queue_then_get_503_with_retry_after(world):
+    """At most PREDICT_CONCURRENCY uploads are worked on and PREDICT_QUEUE wait; the rest get 503 with
+    Retry-After (JSON for the API, the form with the message for the page), and a waiting one is served
+    when a slot frees. The test holds the only slot itself, so nothing depends on timing."""
+    import threading
+
+    app = make_app(world, PREDICT_CONCURRENCY=1, PREDICT_QUEUE=1, PREDICT_WAIT_SECONDS=600)
+    gate = app.extensions["dfd_model"].gate
+    data = png_bytes(sample_image(0))
+    queued: list = []
+    with gate.slot():
+        waiter = threading.Thread(target=lambda: queued.append(upload(app.test_client(), data)))
+        waiter.start()
+        wait_for(lambda: gate.waiting == 1, "the second upload to queue for the held slot")
+        r = upload(app.test_client(), data)
+        assert r.status_code == 503 and "busy" in r.json["error"]
+        assert int(r.headers["Retry-After"]) >= 1
+        page = upload(app.test_client(), data, url="/classify")
+        assert page.status_code == 503 and int(page.headers["Retry-After"]) >= 1
+        assert 'id="error"' in page.get_data(as_text=True) and "busy" in page.get_data(as_text=True)
+        assert not queued  # still waiting while the slot is held
+    waiter.join(timeout=300)
+    assert not waiter.is_alive(), "the queued upload was not answered within 300 s of the slot freeing"
+    assert queued[0].status_code == 200 and queued[0].json["model_version"] == CHAMPION
+    assert upload(app.test_client(), data).status_code == 200
+
+    impatient = make_app(world, PREDICT_CONCURRENCY=1, PREDICT_QUEUE=4, PREDICT_WAIT_SECONDS=0, THUMB_CONCURRENCY=1)
+    with impatient.extensions["dfd_model"].gate.slot():
+        r = upload(impatient.test_client(), data)
+        assert r.status_code == 503 and "within 0 s" in r.json["error"] and r.headers["Retry-After"]
+    with impatient.extensions["dfd_thumbs"].gate.slot():  # thumbnails wait for their own slots too
+        thumb = impatient.test_client().get(f"/batches/{BATCH}/thumb/0.jpg")
+        assert thumb.status_code == 503 and thumb.headers["Retry-After"]
+    assert impatient.test_client().get(f"/batches/{BATCH}/thumb/0.jpg").status_code == 200
+
+
+def test_readyz_loads_and_warms_the_champion(client, tmp_path):
+    assert client.get("/healthz").json["model_loaded"] is None
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json == {"status": "ready", "model_version": CHAMPION}
+    assert client.get("/healthz").json["model_loaded"] == CHAMPION
+    empty = create_app({"ARTIFACTS_URL": str(tmp_path / "none"), "TESTING": True}).test_client()
+    r = empty.get("/readyz")
+    assert r.status_code == 503 and r.json["status"] == "no model"
+
+
 def test_keep_uploads_when_configured(world):
     keep = world / "kept"
     c = make_app(world, KEEP_UPLOADS_URL=str(keep)).test_client()

@@ -3,6 +3,10 @@
 
 The same code path makes the README's screenshots: ``make screenshots`` sets ``DFD_SCREENSHOT_DIR=docs/screenshots``;
 otherwise they go to a temporary folder, so a test run never changes tracked files.
+
+Nothing here races the clock: the server's model is loaded and warmed (``GET /readyz``) before any test runs,
+every step waits for a state (a navigation's load event, an element), and each wait has one generous bound,
+:data:`WAIT_MS`, with a failure message that names what it waited for.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from viewer_fixtures import CHAMPION, PLOTS, build_store, image_file, start_server, stop_server
+from viewer_fixtures import CHAMPION, PLOTS, build_store, image_file, start_server, stop_server, wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("DFD_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "dfd-screenshots")
 MAX_SCREENSHOT_BYTES = 300_000
+WAIT_MS = 180_000  # the bound on any one wait: generous, for a loaded 2-core machine
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -43,6 +48,8 @@ def server(tmp_path_factory):
     info = build_store(root / "artifacts", batch_rows=36, batch_id="inbox-2026-01-03")
     proc, base = start_server(info["artifacts"], env={"DFD_WORK_DIR": str(root / "work")})
     try:
+        ready = wait_ready(base, timeout=WAIT_MS / 1000)  # the first upload must not pay for loading the model
+        assert ready["model_version"] == CHAMPION, ready
         yield {**info, "base": base, "root": root}
     finally:
         stop_server(proc)
@@ -53,7 +60,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS, timeout=WAIT_MS)
         try:
             yield b
         finally:
@@ -63,9 +70,23 @@ def browser():
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    context.set_default_timeout(WAIT_MS)
+    context.set_default_navigation_timeout(WAIT_MS)
     p = context.new_page()
     yield p
     context.close()
+
+
+def navigate(page, what: str, action) -> None:
+    """Run ``action`` (a click, a ``goto``) and wait for the page it opens to finish loading (images too),
+    failing with ``what`` if that takes longer than :data:`WAIT_MS`."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        with page.expect_navigation(wait_until="load", timeout=WAIT_MS):
+            action()
+    except PlaywrightTimeout as exc:
+        pytest.fail(f"waited {WAIT_MS / 1000:.0f} s for {what}: {exc}")
 
 
 def save_screenshot(page, name: str, full_page: bool = True) -> Path:
@@ -86,7 +107,7 @@ def save_screenshot(page, name: str, full_page: bool = True) -> Path:
 def test_overview_plots_all_load(server, page):
     statuses: dict[str, int] = {}
     page.on("response", lambda r: statuses.__setitem__(r.url, r.status))
-    page.goto(server["base"] + "/", wait_until="load")
+    navigate(page, "the overview page and its plots to load", lambda: page.goto(server["base"] + "/"))
     assert page.locator("#champion-version").inner_text() == CHAMPION
     plots = page.eval_on_selector_all(
         "img[data-plot]", "els => els.map(e => ({name: e.dataset.plot, src: e.src, ok: e.complete, w: e.naturalWidth}))"
@@ -100,15 +121,15 @@ def test_overview_plots_all_load(server, page):
 
 
 def test_batch_filter_in_the_browser(server, page):
-    page.goto(server["base"] + "/batches", wait_until="load")
-    page.get_by_role("link", name=server["batch_id"]).click()
-    page.wait_for_load_state("load")
+    navigate(page, "the batches page to load", lambda: page.goto(server["base"] + "/batches"))
+    navigate(page, "the batch page and its thumbnails to load",
+             lambda: page.get_by_role("link", name=server["batch_id"]).click())
     all_rows = page.locator("#rows tbody tr").count()
     assert all_rows == 36 if all_rows <= 50 else all_rows == 50
     page.select_option("#label", "deepfake")
     page.select_option("#sort", "score_desc")
-    page.click("#apply")
-    page.wait_for_url("**label=deepfake**")
+    navigate(page, "the filtered batch page to load", lambda: page.click("#apply"))
+    assert "label=deepfake" in page.url and "sort=score_desc" in page.url, page.url
     labels = page.locator("#rows tbody td.label").all_inner_texts()
     assert labels and set(labels) == {"deepfake"}
     scores = [float(s) for s in page.locator("#rows tbody td.score").all_inner_texts()]
@@ -120,10 +141,10 @@ def test_batch_filter_in_the_browser(server, page):
 
 
 def test_classify_upload_shows_verdict_and_score(server, page, tmp_path):
-    page.goto(server["base"] + "/classify", wait_until="load")
+    navigate(page, "the classify form to load", lambda: page.goto(server["base"] + "/classify"))
     page.set_input_files("#image", str(image_file(tmp_path, 1, size=160)))
-    page.click("#submit")
-    page.wait_for_selector("#verdict")
+    navigate(page, "the verdict page after the upload (model warmed by /readyz)", lambda: page.click("#submit"))
+    assert page.locator("#verdict").count() == 1, page.locator("#error").all_inner_texts()
     verdict = page.locator("#verdict").inner_text().strip()
     score = float(page.locator("#score").inner_text())
     threshold = float(page.locator("#threshold").inner_text())

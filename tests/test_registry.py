@@ -64,3 +64,33 @@ def test_racing_promotions_lose_no_update(tmp_path: Path):
     pointer = registry.read_champion(store)
     seen = [h["version"] for h in pointer["history"]] + [pointer["version"]]
     assert sorted(seen) == versions  # every promotion is recorded exactly once
+
+
+def test_reconcile_tidies_what_interrupted_runs_left(tmp_path: Path):
+    """A kill mid-upload leaves a folder without _COMPLETE (and a temporary file); a kill between publishing
+    and recording leaves a run without run.json, champion or not. Old leftovers are tidied, fresh ones (a run
+    publishing right now) are left alone."""
+    import time
+
+    store = open_store(tmp_path / "a")
+    for v in ("v1", "v2", "v3"):
+        _publish(store, tmp_path, v)
+    store.write_json("runs/v3/run.json", {"decision": "rejected", "reason": "worse"})
+    registry.set_champion(store, "v1", "first")
+    store.write_bytes("runs/v4/model.keras", b"half")  # never completed
+    (tmp_path / "a" / "runs" / "v4" / ".tmp-abc123").write_bytes(b"torn")
+    assert registry.read_run(store, "v2")["decision"] == "pending"
+
+    assert registry.reconcile(store) == []  # everything is fresh: it may belong to a run in progress
+    later = time.time() + 4 * 3600
+    actions = registry.reconcile(store, now=later)
+    assert sorted(actions) == sorted([
+        "recorded run v1 as promoted", "recorded run v2 as abandoned",
+        "removed the incomplete run v4 (1 files; never published)"])
+    assert registry.read_run(store, "v1")["decision"] == "promoted"
+    v2 = registry.read_run(store, "v2")
+    assert v2["decision"] == "abandoned" and "never champion" in v2["reason"]
+    assert registry.read_run(store, "v3")["decision"] == "rejected"  # untouched
+    assert not (tmp_path / "a" / "runs" / "v4").exists()
+    assert registry.list_versions(store) == ["v3", "v2", "v1"] and registry.champion_version(store) == "v1"
+    assert registry.reconcile(store, now=later) == []  # idempotent

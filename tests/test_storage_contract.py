@@ -156,6 +156,17 @@ def test_backslashes_are_ordinary_characters_in_keys(store):
     assert store.child("dir\\name").read_bytes("in.png") == b"dir\\name/in.png"
 
 
+def test_delete_prefix_removes_a_folder_and_nothing_else(store):
+    for key in ("runs/v1/a.bin", "runs/v1/sub/b.bin", "runs/v10/c.bin", "runs/v2/d.bin"):
+        store.write_bytes(key, b"x")
+    assert store.delete_prefix("runs/v1") == 2
+    assert [o.key for o in store.list("runs")] == ["runs/v10/c.bin", "runs/v2/d.bin"]
+    # SeaweedFS keeps listing an emptied folder (AWS does not): callers must not take a folder for content.
+    assert set(store.list_dirs("runs")) - {"v1"} == {"v10", "v2"}
+    assert not list(store.list("runs/v1")) and store.delete_prefix("runs/v1") == 0
+    assert store.delete_prefix("runs/none") == 0
+
+
 def test_child_store_is_rooted_at_a_prefix(store):
     store.write_bytes("inbox/b1/img.png", b"png")
     child = store.child("inbox")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifacts: Path, env: dict[str, str] | None = None, timeout: float = 60.0,
+def start_server(artifacts: Path, env: dict[str, str] | None = None, timeout: float = 120.0,
                  threads: int = 8) -> tuple[subprocess.Popen, str]:
     """Start ``python -m app`` (waitress) on a free loopback port; returns the process and its base URL."""
     port = free_port()
@@ -217,6 +218,23 @@ def start_server(artifacts: Path, env: dict[str, str] | None = None, timeout: fl
             time.sleep(0.2)
     proc.terminate()
     raise RuntimeError(f"viewer did not answer within {timeout} s: {Path(log.name).read_text()[-2000:]}")
+
+
+def wait_ready(base: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Wait until ``GET /readyz`` answers 200: the champion is loaded and has made one explained prediction,
+    so that no later request pays for loading TensorFlow and the model. Fails naming what it waited for."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=max(1.0, deadline - time.monotonic())) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # 503: no model yet, or busy
+            last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"the viewer at {base} did not load its model within {timeout:.0f} s (GET /readyz: {last})")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
