@@ -63,14 +63,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "efficientnet-b0": ("EfficientNet-B0 from random weights on the same crops (no download)",
                         {"arch": "efficientnet-b0"}),
     "robust-aug": ("default + robustness augmentation (p 0.3 each)", {"robust_aug": 0.3}),
-    "scale-aug": ("default + scale augmentation (p 0.5, x0.5-x1 down-scale)", {"scale_aug": 0.5}),
-    "scale-aug-strong": ("default + scale augmentation (p 0.8, x0.5-x1 down-scale)", {"scale_aug": 0.8}),
-    "scale-aug-wide": ("default + scale augmentation (p 0.5, x0.35-x1 down-scale)",
-                       {"scale_aug": 0.5, "scale_aug_min": 0.35}),
-    "scale-aug-strong-wide": ("default + scale augmentation (p 0.8, x0.35-x1 down-scale)",
-                              {"scale_aug": 0.8, "scale_aug_min": 0.35}),
-    "scale-aug-long": ("scale augmentation p 0.5, 30 epochs (patience 8), learning rate halved on plateaus",
-                       {"scale_aug": 0.5, "epochs": 30, "patience": 8, "lr_plateau_patience": 3}),
+    "no-scale-aug": ("default without scale augmentation (the default before it)", {"scale_aug": 0.0}),
+    "scale-aug-0.5": ("scale augmentation p 0.5, x0.5-x1", {"scale_aug": 0.5, "scale_aug_min": 0.5}),
+    "scale-aug-0.8": ("scale augmentation p 0.8, x0.5-x1", {"scale_aug": 0.8, "scale_aug_min": 0.5}),
+    "scale-aug-0.5-wide": ("scale augmentation p 0.5, x0.35-x1", {"scale_aug": 0.5, "scale_aug_min": 0.35}),
     "synthetic-fakes": ("default + synthetic fakes from half the training reals", {"synthetic_fakes": 0.5}),
     "face-crop": ("default with face-aware views toggled", {"face_crop": "toggle"}),
     "reals-only": ("training reals + synthetic fakes only (no real fake seen)", {"synthetic_fakes": 1.0,
@@ -242,8 +238,10 @@ def render(rows: list[tuple[str, str, dict[str, Any]]], sets: list[str], setting
             f"Defaults at the time: arch={settings.arch}, epochs={settings.epochs} (early stopping on validation "
             f"AUC, patience {settings.patience}), batch={settings.batch_size}, lr={settings.learning_rate}, "
             f"width={settings.width}, augment_per_image={settings.augment_per_image}, "
-            f"robust_aug={settings.robust_aug}, synthetic_fakes={settings.synthetic_fakes}, "
-            f"face_crop={settings.face_crop}, seed={settings.seed}. Split: duplicate-aware, "
+            f"robust_aug={settings.robust_aug}, scale_aug={settings.scale_aug} (x{settings.scale_aug_min}-x1), "
+            f"synthetic_fakes={settings.synthetic_fakes}, group_by={settings.group_by}, "
+            f"min_auc={settings.min_auc}, "
+            f"face_crop={settings.face_crop}, split seed={settings.seed}. Split: duplicate- and group-aware, "
             f"{1 - settings.val_fraction - settings.test_fraction:.0%}/{settings.val_fraction:.0%}/"
             f"{settings.test_fraction:.0%}. Machine: {os.cpu_count()} CPU cores, no GPU. "
             f"This run: {wall_s / 60:.0f} min."]

@@ -12,6 +12,10 @@ connection) and prints requests per second, p50 and p99 latency and errors:
 
 Targets (checked, exit status 1 when missed): overview p99 < 50 ms, batch p99 < 150 ms, zero errors.
 
+The server runs with ``VIEWER_PREDICT_QUEUE`` raised to ``--concurrency``, so that every predict request
+waits for one of the ``VIEWER_PREDICT_CONCURRENCY`` slots instead of being refused with 503 (by default at
+most 4 wait); this measures throughput, ``bench/viewer_big_upload.py`` the refusals.
+
     .venv/bin/python bench/viewer_load.py [--rows 100000] [--concurrency 8] [--requests 800]
 """
 
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         write_batch(info["artifacts"], BATCH_ID, root / "inbox" / BATCH_ID, args.rows, n_images=200)
         print(f"store built in {time.perf_counter() - t0:.1f} s ({args.rows:,}-row batch)", flush=True)
         proc, base = start_server(info["artifacts"], env={"DFD_WORK_DIR": str(root / "work"),
-                                                          "VIEWER_REFRESH_SECONDS": args.refresh})
+                                                          "VIEWER_REFRESH_SECONDS": args.refresh,
+                                                          "VIEWER_PREDICT_QUEUE": str(args.concurrency)})
         try:
             # Warm up: the first batch request parses the results; the first predict loads the model.
             warm = {}

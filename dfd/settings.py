@@ -77,9 +77,9 @@ class Settings:
     # Robustness augmentation: probability of each degradation (downscale, colour, blur, JPEG); 0 = off.
     robust_aug: float = 0.0
     # Scale augmentation: probability that a training image is first down-scaled by a random factor in
-    # [scale_aug_min, 1] (both classes alike).
-    scale_aug: float = 0.0
-    scale_aug_min: float = 0.5
+    # [scale_aug_min, 1] (both classes alike), so that resized images keep being detected (docs/QUALITY.md).
+    scale_aug: float = 0.8
+    scale_aug_min: float = 0.35
     # Crop to the largest detected face (OpenCV Haar cascade) before cutting views; whole image if none.
     face_crop: bool = False
     # Optional pretrained weights file for the efficientnet-b0 backbone (empty = random initialisation).

@@ -14,7 +14,9 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -77,7 +79,7 @@ def page(browser):
     context.close()
 
 
-def navigate(page, what: str, action) -> None:
+def navigate(page: Any, what: str, action: Callable[[], object]) -> None:
     """Run ``action`` (a click, a ``goto``) and wait for the page it opens to finish loading (images too),
     failing with ``what`` if that takes longer than :data:`WAIT_MS`."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
