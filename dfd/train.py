@@ -247,8 +247,8 @@ def train(
             if guard.stalled and not last:
                 attempts.append(record)
                 tries_file.write_text(json.dumps(attempts))
-                log(f"try {k + 1} stalled: loss pinned at ln 2 and validation AUC at 0.5 for the first "
-                    f"{stall_epochs} epochs (a collapsed, constant output)")
+                log(f"try {k + 1} stalled: for the first {stall_epochs} epochs the loss stayed at ln 2 or above "
+                    "(or was not finite) and validation AUC at 0.5: a collapsed, constant output")
                 continue
             no_signal = guard.stalled and not any(v >= 0.5 + STALL_AUC_MARGIN for v in history.get("val_auc", []))
             if no_signal:
