@@ -78,15 +78,15 @@ class Settings:
     robust_aug: float = 0.0
     # Scale augmentation: probability that a training image is first down-scaled by a random factor in
     # [scale_aug_min, 1] (both classes alike), so that resized images keep being detected (docs/QUALITY.md).
-    scale_aug: float = 0.8
-    scale_aug_min: float = 0.35
+    scale_aug: float = 0.5
+    scale_aug_min: float = 0.5
     # Crop to the largest detected face (OpenCV Haar cascade) before cutting views; whole image if none.
     face_crop: bool = False
     # Optional pretrained weights file for the efficientnet-b0 backbone (empty = random initialisation).
     weights_path: str = ""
 
     # Training restarts after a stalled start (see dfd.train): epochs checked, and tries in all (0/1 = off).
-    stall_epochs: int = 2
+    stall_epochs: int = 3
     max_train_attempts: int = 3
 
     # Promotion: the candidate must not be worse than the champion by more than this AUC on the same images.

@@ -3,11 +3,15 @@ validation AUC, a checkpoint every epoch so that a killed training resumes where
 from a stalled start.
 
 A start is *stalled* when, for each of the first ``stall_epochs`` epochs, the training loss stays pinned at
-ln 2 (what a constant output scores with balanced class weights) and the validation AUC stays within 0.01 of
-0.5: the network has collapsed to a constant and more epochs at the same learning rate rarely revive it. The
-try is then abandoned and training restarts from a new seed at a lower learning rate, at most
-``max_attempts`` tries in all; every try is logged and returned in the stats. When the last try stalls too,
-the stats say that no signal was found (and the promotion's quality floor refuses the model).
+ln 2 (what a constant output scores with balanced class weights) or above, or is not finite: the network has
+collapsed to a constant output. Its validation AUC is then noise (the exact AUC of near-identical scores
+wanders between 0.44 and 0.67 on lfw_faceswap_2k), so it is not part of the test. Measured on
+lfw_faceswap_2k with scale augmentation, two of three seeds stayed pinned for 8 epochs, and early stopping
+would have kept a near-constant model (test AUC 0.68), where the third seed left ln 2 in its third epoch and
+reached 0.975. A stalled try is abandoned and training restarts from a new seed at half the learning rate, at
+most ``max_attempts`` tries in all; every try is logged and returned in the stats. The last try is never cut
+short; when it stays pinned too, the stats say that no signal was found (and the promotion's quality floor
+refuses the model).
 """
 
 from __future__ import annotations
@@ -114,19 +118,16 @@ class _EpochLog(keras.callbacks.Callback):
 
 
 LN2 = math.log(2.0)
-STALL_LOSS_MARGIN = 0.005  # training loss within this of ln 2 (or above it) counts as pinned
-STALL_AUC_MARGIN = 0.01  # validation AUC within this of 0.5 counts as chance
+STALL_LOSS_MARGIN = 0.005  # a training loss above ln 2 minus this counts as pinned
+STALL_AUC_MARGIN = 0.01  # a validation AUC below 0.5 plus this, in every epoch, means nothing was learned
 
 
 def is_stalled_epoch(logs: dict[str, float]) -> bool:
-    """One epoch's logs show a collapsed network: loss pinned at ln 2 (or worse) with validation AUC at chance,
-    or a diverged one (loss not finite)."""
-    loss, val_auc = logs.get("loss"), logs.get("val_auc")
+    """One epoch's logs show a collapsed network: training loss pinned at ln 2 or above, or not finite."""
+    loss = logs.get("loss")
     if loss is None:
         return False
-    if not math.isfinite(loss):
-        return True
-    return val_auc is not None and loss >= LN2 - STALL_LOSS_MARGIN and abs(val_auc - 0.5) < STALL_AUC_MARGIN
+    return not math.isfinite(loss) or loss >= LN2 - STALL_LOSS_MARGIN
 
 
 class _ExactValAUC(keras.callbacks.Callback):
@@ -189,9 +190,9 @@ def train(
     scale_aug: float = 0.0,
     scale_aug_min: float = 0.5,
     weights_path: str = "",
-    stall_epochs: int = 2,
+    stall_epochs: int = 3,
     max_attempts: int = 3,
-    stall_lr_factor: float = 0.25,
+    stall_lr_factor: float = 0.5,
     plateau_patience: int = 0,
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
     """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
@@ -247,14 +248,16 @@ def train(
             if guard.stalled and not last:
                 attempts.append(record)
                 tries_file.write_text(json.dumps(attempts))
-                log(f"try {k + 1} stalled: for the first {stall_epochs} epochs the loss stayed at ln 2 or above "
-                    "(or was not finite) and validation AUC at 0.5: a collapsed, constant output")
+                log(f"try {k + 1} stalled: for the first {stall_epochs} epochs the training loss stayed at ln 2 or "
+                    "above (or was not finite): a collapsed, constant output")
                 continue
-            no_signal = guard.stalled and not any(v >= 0.5 + STALL_AUC_MARGIN for v in history.get("val_auc", []))
+            pinned = bool(history.get("loss")) and all(is_stalled_epoch({"loss": v}) for v in history["loss"])
+            no_signal = guard.stalled and (pinned or not any(v >= 0.5 + STALL_AUC_MARGIN
+                                                             for v in history.get("val_auc", [])))
             if no_signal:
                 record["outcome"] = "stalled"
-                log(f"no signal found: every one of {k + 1} tries stayed at chance (validation AUC 0.5) or diverged; "
-                    "the model learned nothing and must not be promoted")
+                log(f"no signal found: every one of {k + 1} tries stayed pinned at ln 2 (a constant output) or "
+                    "diverged; the model learned nothing and must not be promoted")
             attempts.append(record)
             break
         seconds = time.monotonic() - started

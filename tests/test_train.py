@@ -18,10 +18,10 @@ LN2 = math.log(2)
 
 def test_stalled_epoch_rule():
     assert is_stalled_epoch({"loss": LN2, "val_auc": 0.5})
+    assert is_stalled_epoch({"loss": LN2 - 0.001, "val_auc": 0.67})  # near-constant scores: their AUC is noise
     assert is_stalled_epoch({"loss": 3.0e9, "val_auc": 0.5})  # saturated: a constant output, far worse than ln 2
     assert is_stalled_epoch({"loss": float("nan"), "val_auc": 0.0})  # diverged
-    assert not is_stalled_epoch({"loss": 0.60, "val_auc": 0.5})  # the loss is moving: it is learning
-    assert not is_stalled_epoch({"loss": LN2, "val_auc": 0.62})  # slow, but its ranking already carries signal
+    assert not is_stalled_epoch({"loss": 0.68, "val_auc": 0.5})  # the loss is moving: it is learning
     assert not is_stalled_epoch({})
 
 
@@ -43,12 +43,12 @@ def _train(tiny, work: Path, lines: list[str], **kw):
 @pytest.mark.slow
 def test_a_stalled_start_is_detected_and_restarted_at_a_lower_rate(tiny, tmp_path: Path):
     """A learning rate of 10 blows the network up into a constant output within one epoch; the guard sees
-    it after 2 epochs, and the second try, at 10 x 1e-3, learns."""
+    it after 3 epochs, and the second try, at 10 x 1e-3, learns."""
     lines: list[str] = []
     _, history, stats = _train(tiny, tmp_path / "w", lines, learning_rate=10.0, stall_lr_factor=1e-3)
     tries = stats["attempts"]
     assert [t["outcome"] for t in tries] == ["stalled", "trained"], lines
-    assert tries[0]["epochs"] == 2 and tries[0]["learning_rate"] == 10.0
+    assert tries[0]["epochs"] == 3 and tries[0]["learning_rate"] == 10.0
     assert tries[1]["seed"] != tries[0]["seed"] and tries[1]["learning_rate"] == pytest.approx(0.01)
     assert any("try 1 stalled" in line for line in lines) and any("try 2/3" in line for line in lines)
     assert stats["no_signal"] is False
@@ -71,7 +71,7 @@ def test_a_resumed_training_skips_tries_already_found_stalled(tiny, tmp_path: Pa
     work = tmp_path / "w"
     work.mkdir()
     (work / "attempts.json").write_text(json.dumps(
-        [{"try": 1, "seed": 0, "learning_rate": 10.0, "epochs": 2, "outcome": "stalled"}]))
+        [{"try": 1, "seed": 0, "learning_rate": 10.0, "epochs": 3, "outcome": "stalled"}]))
     lines: list[str] = []
     _, _, stats = _train(tiny, work, lines, learning_rate=10.0, stall_lr_factor=1e-3)
     assert [t["try"] for t in stats["attempts"]] == [1, 2]
