@@ -153,7 +153,8 @@ class _ExactValAUC(keras.callbacks.Callback):
 
 
 class _StallGuard(keras.callbacks.Callback):
-    """Stops a try whose first ``epochs`` epochs are all stalled (see the module docstring)."""
+    """Stops a try whose first ``epochs`` epochs are all stalled (see the module docstring); a training
+    shorter than that is judged on all its epochs."""
 
     def __init__(self, epochs: int, stop: bool):
         super().__init__()
@@ -164,7 +165,8 @@ class _StallGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if is_stalled_epoch(logs or {}):
             self.stalled_epochs.append(epoch)
-        if self.epochs and epoch + 1 == self.epochs and self.stalled_epochs == list(range(self.epochs)):
+        n = min(self.epochs, int(self.params.get("epochs") or self.epochs))
+        if n and epoch + 1 == n and self.stalled_epochs == list(range(n)):
             self.stalled = True
             if self.stop:
                 self.model.stop_training = True

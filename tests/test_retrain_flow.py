@@ -159,14 +159,44 @@ def test_reals_only_trains_on_synthetic_fakes_and_says_so(prefect_api, workspace
 
 
 def test_missing_data_folder_fails_with_clear_message(tmp_path: Path):
+    """Checked before Prefect starts: one line, exit status 2, nothing written (more cases: test_cli.py)."""
     env = {**os.environ, "DFD_WORK_DIR": str(tmp_path / "w"), "PREFECT_API_URL": ""}
     env.pop("PREFECT_API_URL")
     proc = subprocess.run([sys.executable, "-m", "flows.retrain", "--data", str(tmp_path / "nope"),
                            "--artifacts", str(tmp_path / "a"), "--no-demo"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert "data folder not found or empty" in proc.stderr
-    assert not (tmp_path / "a" / "champion.json").exists()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data folder not found or empty: {tmp_path / 'nope'} (expected real/ and df/ inside it)"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "w").exists()
+
+
+def test_validate_data_retries_storage_errors_only(prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A user's error in the validate-data task fails at once; a storage error is retried."""
+    from dfd import data
+    from dfd.storage import StorageError
+    from flows.retrain import retrain
+    from tasks import retrain as t
+
+    assert t.validate_data.retry_condition_fn is t.retry_io_only
+    monkeypatch.setenv("DFD_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setattr(t.validate_data, "retry_delay_seconds", [0])
+    real_validate, calls, blip = data.validate, [], {"first_call": False}
+
+    def validate(*args, **kwargs):
+        calls.append(1)
+        if blip["first_call"] and len(calls) == 1:
+            raise StorageError("connection reset while listing the data")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(t.data, "validate", validate)
+    few = make_dataset(tmp_path / "few", per_class=3, size=24)
+    kw = {"artifacts_url": str(tmp_path / "a"), "synthetic_url": str(tmp_path / "s"), "min_images_per_class": 5}
+    for storage_blip_first, expected_calls in ((False, 1), (True, 2)):
+        blip["first_call"], calls[:] = storage_blip_first, []
+        with pytest.raises(data.DataError, match="only 3 usable images"):
+            retrain(data_url=str(few), **kw)
+        assert len(calls) == expected_calls
 
 
 TRAIN_SCRIPT = """
@@ -179,7 +209,7 @@ store = open_store({data!r})
 entries = [Entry(0, o.key, int(o.key.startswith("df/"))) for o in store.list()]
 train(entries, entries[:8] + entries[-8:], [store], arch="patchnet", spec=make_spec("crop", 32, 1),
       epochs={epochs}, batch_size=8, learning_rate=1e-3, width=8, patience=100, seed=0,
-      max_pixels=10**7, work_dir={work!r}, log=lambda m: print(m, flush=True))
+      max_pixels=10**7, work_dir={work!r}, log=lambda m: print(m, flush=True), stall_epochs=0)
 """
 
 
@@ -214,7 +244,8 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
     total = done_before + 2
     _, history, stats = train(entries, entries[:8] + entries[-8:], [store], arch="patchnet",
                               spec=make_spec("crop", 32, 1), epochs=total, batch_size=8, learning_rate=1e-3,
-                              width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append)
+                              width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append,
+                              stall_epochs=0)  # this test is about the checkpoint, not the start
     first_epoch = int(lines[0].split()[1].split("/")[0])
     assert first_epoch > 1, lines  # it did not start again from epoch 1
     assert len(history["loss"]) == stats["epochs_run"] >= total - 1
@@ -251,7 +282,8 @@ def test_a_checkpoint_torn_by_a_kill_falls_back_or_starts_over(tmp_path: Path, p
     lines: list[str] = []
     _, history, stats = train(entries, entries[:4] + entries[-4:], [store], arch="patchnet",
                               spec=make_spec("crop", 32, 1), epochs=4, batch_size=8, learning_rate=1e-3,
-                              width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append)
+                              width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append,
+                              stall_epochs=0)  # this test is about the checkpoint, not the start
     epochs = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("epoch ")]
     if previous:
         assert epochs == [3, 4], lines  # resumed after the previous checkpoint's 2 epochs
