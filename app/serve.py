@@ -1,7 +1,8 @@
 """Run the viewer under waitress, a production WSGI server, bound to 127.0.0.1 unless told otherwise.
 
-``python -m app [--host 127.0.0.1] [--port 8000] [--threads 8]``; configuration comes from the environment
-(``ARTIFACTS_URL``, ``VIEWER_TOKEN``, ... see :mod:`app.config`). Debug mode is never on here.
+``python -m app [--host 127.0.0.1] [--port 8000] [--threads 8]`` (or ``dfd-viewer``, ``make viewer``);
+configuration comes from the environment (``ARTIFACTS_URL``, ``VIEWER_TOKEN``, ... see :mod:`app.config`).
+Debug mode is never on here. Flask and the app are imported after the arguments are parsed.
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ import logging
 import os
 from typing import Any
 
-from app import SECURITY_HEADERS, create_app
+
+def parser(prog: str = "python -m app") -> argparse.ArgumentParser:
+    """The viewer's options; each default is the environment variable's value, else the built-in one."""
+    p = argparse.ArgumentParser(prog=prog, description="Serve the deepfake viewer (waitress).", allow_abbrev=False)
+    p.add_argument("--host", default=os.environ.get("VIEWER_HOST", "127.0.0.1"),
+                   help="interface to bind; 0.0.0.0 only behind a proxy (default: $VIEWER_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("VIEWER_PORT", "8000")),
+                   help="port (default: $VIEWER_PORT or 8000)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("VIEWER_THREADS", "8")),
+                   help="waitress worker threads (default: $VIEWER_THREADS or 8)")
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app", description="Serve the deepfake viewer (waitress).")
-    parser.add_argument("--host", default=os.environ.get("VIEWER_HOST", "127.0.0.1"),
-                        help="interface to bind (default 127.0.0.1; use 0.0.0.0 only behind a proxy)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("VIEWER_PORT", "8000")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("VIEWER_THREADS", "8")))
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
+    """Serve the viewer until interrupted (``prog`` names the command in ``--help`` and errors)."""
+    args = parser(prog).parse_args(argv)
+    from app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return_big_buffers()
@@ -60,6 +68,8 @@ def make_server(app: Any, **kw: Any) -> Any:
     from waitress.channel import HTTPChannel
     from waitress.server import BaseWSGIServer, create_server
     from waitress.task import ErrorTask
+
+    from app import SECURITY_HEADERS
 
     class SecureErrorTask(ErrorTask):
         """Waitress's own error response, with the security headers."""

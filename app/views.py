@@ -180,7 +180,7 @@ def read_upload() -> tuple[bytes, str]:
         abort(400, description="no file uploaded: send one image in the form field 'image'")
     data = upload.read()
     if not data:
-        abort(400, description="the uploaded file is empty")
+        abort(400, description="not a usable image (zero bytes): the uploaded file is empty")
     return data, upload.filename or "upload"
 
 

@@ -88,6 +88,11 @@ class ValidationResult:
         return out
 
 
+# Told whenever df/ is missing or empty: reals-only training is possible (README "Reals-only training").
+FAKES_HINT = ("; or set synthetic_fakes > 0 (--synthetic-fakes 1.0 on the command line) to train on reals plus "
+              "fakes made from them")
+
+
 def discover(store: Store, optional: tuple[str, ...] = ()) -> tuple[list[tuple[ObjectInfo, str]], list[Quarantined]]:
     """Files under ``real/`` and ``df/``: (object, label) for image extensions, quarantine for the rest.
     A class folder named in ``optional`` may be missing (an S3 prefix cannot exist empty)."""
@@ -98,7 +103,7 @@ def discover(store: Store, optional: tuple[str, ...] = ()) -> tuple[list[tuple[O
     if missing:
         raise DataError(
             f"data folder {store.url} has no {' or '.join(m + '/' for m in missing)} folder "
-            f"(expected real/ and df/, where df holds the deepfakes)"
+            f"(expected real/ and df/, where df holds the deepfakes){FAKES_HINT if missing == ['df'] else ''}"
         )
     found: list[tuple[ObjectInfo, str]] = []
     skipped: list[Quarantined] = []
@@ -127,9 +132,8 @@ def inspect(store: Store, obj: ObjectInfo, label: str, max_pixels: int, max_byte
 
     The file is read by :func:`dfd.imageio.read_input`, as batch scoring reads it, so a special file (a FIFO,
     a device, a broken or looping link) is set aside with the same reason as scoring gives it
-    (``unreadable: not a regular file``, ...), and an empty regular file as ``zero bytes``."""
-    if obj.size > max_bytes:
-        return Quarantined(obj.key, label, "too large", f"{obj.size:,} bytes is over {max_bytes:,}")
+    (``unreadable: not a regular file``, ...), an empty regular file as ``zero bytes`` and one over
+    ``max_bytes`` as ``file too large`` (before a byte is read)."""
     try:
         data = read_input(store, obj, max_bytes)
         decoded = decode_image(data, max_pixels)
@@ -210,7 +214,7 @@ def check_enough(items: list[Item], quarantine: list[Quarantined], found: Counte
         why = "; ".join(f"{n} {r}" for r, n in reasons.most_common(4))
         head = f"class '{label}' in {where}"
         if found[label] == 0 and not bad:
-            hint = " (or set synthetic_fakes > 0 to train on reals plus fakes made from them)" if label == "df" else ""
+            hint = FAKES_HINT if label == "df" else ""
             raise DataError(f"{head} is empty: put images in {label}/ (jpg, png, bmp, webp, tiff or gif){hint}")
         raise DataError(
             f"{head} has only {usable[label]} usable images; at least {min_per_class} per class are needed "

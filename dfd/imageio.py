@@ -23,6 +23,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dfd.storage import ObjectInfo, StorageError, Store
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+# The only decoders Pillow may pick (JPEG includes camera JPEGs with a second picture, MPO). Any other format
+# is "not an image": an EPS file under a .jpg name must never reach Ghostscript, which Pillow would run on
+# it, and formats nobody trains on are only attack surface.
+DECODER_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
@@ -57,7 +61,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=DECODER_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageError("too large", f"{width}x{height} is over the limit of {max_pixels:,} pixels")
@@ -77,13 +81,22 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         raise ImageError("not an image", "no known image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct_error) as exc:
         text = str(exc)
-        if "truncated" in text.lower() or "broken data stream" in text or isinstance(exc, EOFError):
+        if ("truncated" in text.lower() or "broken data stream" in text or isinstance(exc, EOFError)
+                or _short_riff(data)):
             raise ImageError("truncated", text) from None
         raise ImageError("unreadable image", text[:200]) from None
     pixels = np.asarray(rgb, dtype=np.uint8)
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise ImageError("unreadable image", f"unexpected pixel shape {pixels.shape}")
     return Decoded(pixels=pixels, width=width, height=height, format=fmt, mode=mode)
+
+
+def _short_riff(data: bytes) -> bool:
+    """True for a WebP (RIFF) file shorter than its header says: Pillow only reports that it "could not
+    create decoder object", which would hide that the file was cut short."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return False
+    return len(data) < 8 + int.from_bytes(data[4:8], "little")
 
 
 def _over_limit(pillow_message: str, max_pixels: int) -> str:
@@ -109,6 +122,8 @@ def read_input(store: Store, obj: ObjectInfo, max_bytes: int) -> bytes:
             return store.read_bytes(obj.key)
     except StorageError as exc:
         raise ImageError("unreadable", _storage_reason(exc)) from None
+    except FileNotFoundError:  # listed a moment ago: as a remote store says it (NotFound, above)
+        raise ImageError("unreadable", "vanished while being read") from None
     except OSError as exc:
         raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
     return _read_regular_file(fd, max_bytes)
@@ -176,7 +191,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def image_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from the header only, or ``None`` when it cannot be read."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=DECODER_FORMATS) as img:
             return img.size
     except Exception:  # noqa: BLE001 - any failure means "unknown size"
         return None

@@ -319,7 +319,7 @@ class Ledger:
                 break
             except Conflict:
                 time.sleep(0.05)
-            except StorageError as exc:
+            except (StorageError, OSError) as exc:  # a full disk too: an optimisation lost, nothing else
                 log.warning("could not compact the ledger %s: %s; chunks kept", self.store.describe(self.prefix), exc)
                 return
         else:
@@ -330,7 +330,7 @@ class Ledger:
                 self.store.delete(key)
             except NotFound:
                 pass
-            except StorageError as exc:  # harmless: the chunk's lines are in ledger.jsonl, readers de-duplicate
+            except (StorageError, OSError) as exc:  # harmless: its lines are in ledger.jsonl, readers de-duplicate
                 log.warning("could not delete ledger chunk %s: %s", self.store.describe(key), exc)
         self.chunks_read, self.own_chunks = [], []
 
@@ -363,6 +363,20 @@ def error_reason(error: str) -> str:
 
 
 # --- scoring --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _writing(art: Store, prefix: str) -> Iterator[None]:
+    """Turn an OS error while writing the batch's ledger or results (a full disk, a read-only folder) into
+    one clear :class:`ScoringError`. Every write is atomic, so nothing torn is left behind."""
+    try:
+        yield
+    except OSError as exc:
+        why = (exc.strerror or str(exc)).lower()
+        raise ScoringError(
+            f"cannot write the results of this batch to {art.describe(prefix)}: {why}; the batch is not "
+            "published (no summary.json), and a rerun resumes from what its ledger kept"
+        ) from None
 
 
 @dataclass
@@ -403,14 +417,15 @@ def stream_scores(
     max_bytes: int,
     chunk: int | None = None,
     parallel: int | None = None,
-) -> Iterator[tuple[list[int], list[int], list[str], list[tuple[float | None, int | None, int | None, str]]]]:
+) -> Iterator[tuple[list[int], list[int], list[str], list[tuple[float | None, int | None, int | None, str, int]]]]:
     """Stream ``items`` through read -> hash -> decode -> views (parallel, in tf.data) -> batched inference.
 
     Yields, per finished batch, the item indices with their status (OK, CACHED, BAD_CONTENT, READ_ERROR),
-    sha256 and (score, width, height, error). The parallel map (``parallel`` workers, default one per core)
-    works on chunks of up to 32 files (``chunk``) to keep tf.data's per-call overhead low. Only a bounded
-    number of images is alive at a time: one decoded image per worker, plus the views of ``batch_size``
-    images times the prefetch depth.
+    sha256 and (score, width, height, error, bytes read; -1 when the file could not be read: it may differ
+    from the listing's size when the file changed in between). The parallel map (``parallel`` workers,
+    default one per core) works on chunks of up to 32 files (``chunk``) to keep tf.data's per-call overhead
+    low. Only a bounded number of images is alive at a time: one decoded image per worker, plus the views of
+    ``batch_size`` images times the prefetch depth.
     ``known(sha)`` says whether that content is already scored with this model (then it is not decoded).
     """
     import tensorflow as tf
@@ -423,32 +438,32 @@ def stream_scores(
         chunk = math.ceil(len(items) / (4 * workers))
     chunk = max(1, min(int(chunk), int(batch_size), 32))
 
-    def load_one(i: int, views_out: np.ndarray) -> tuple[int, str, int, int, str]:
-        """Fill ``views_out`` for item ``i``; returns (status, sha256, width, height, error)."""
+    def load_one(i: int, views_out: np.ndarray) -> tuple[int, str, int, int, str, int]:
+        """Fill ``views_out`` for item ``i``; returns (status, sha256, width, height, error, bytes read)."""
         obj = items[i]
         try:
             data = read_input(store, obj, max_bytes)
         except ImageError as exc:
-            return READ_ERROR, "", 0, 0, _error_text(exc)
+            return READ_ERROR, "", 0, 0, _error_text(exc), -1
         except Exception as exc:  # noqa: BLE001 - one odd file must never stop the batch
-            return READ_ERROR, "", 0, 0, f"unreadable: {_short(exc, 100)}"
-        sha = hashlib.sha256(data).hexdigest()
+            return READ_ERROR, "", 0, 0, f"unreadable: {_short(exc, 100)}", -1
+        sha, n = hashlib.sha256(data).hexdigest(), len(data)
         if known(sha):
-            return CACHED, sha, 0, 0, ""
+            return CACHED, sha, 0, 0, "", n
         try:
             decoded = decode_image(data, predictor.max_pixels)
             views = predictor.views(decoded.pixels)
             if views.shape != view_shape:
                 raise ImageError("unreadable image", f"unexpected view shape {views.shape}")
             views_out[...] = views
-            return OK, sha, decoded.width, decoded.height, ""
+            return OK, sha, decoded.width, decoded.height, "", n
         except ImageError as exc:
             w, h = image_size(data) or (0, 0)
-            return BAD_CONTENT, sha, w, h, _error_text(exc)
+            return BAD_CONTENT, sha, w, h, _error_text(exc), n
         except MemoryError:
-            return BAD_CONTENT, sha, 0, 0, "too large: out of memory while decoding"
+            return BAD_CONTENT, sha, 0, 0, "too large: out of memory while decoding", n
         except Exception as exc:  # noqa: BLE001
-            return BAD_CONTENT, sha, 0, 0, f"unreadable image: {_short(exc, 100)}"
+            return BAD_CONTENT, sha, 0, 0, f"unreadable image: {_short(exc, 100)}", n
 
     def load_chunk(idx: np.ndarray) -> tuple[np.ndarray, ...]:
         n = len(idx)
@@ -462,21 +477,22 @@ def stream_scores(
             np.array([m[2] for m in meta], np.int32),
             np.array([m[3] for m in meta], np.int32),
             np.array([m[4].encode("utf-8", "backslashreplace") for m in meta], dtype=object),
+            np.array([m[5] for m in meta], np.int64),
         )
 
-    touts = [tf.int64, tf.uint8, tf.int32, tf.string, tf.int32, tf.int32, tf.string]
+    touts = [tf.int64, tf.uint8, tf.int32, tf.string, tf.int32, tf.int32, tf.string, tf.int64]
 
     def tf_load(idx: Any) -> tuple[Any, ...]:
         out = tf.numpy_function(load_chunk, [idx], touts, stateful=False)
         out[1].set_shape((None, *view_shape))
-        for t in (out[0], out[2], out[3], out[4], out[5], out[6]):
+        for t in (out[0], out[2], out[3], out[4], out[5], out[6], out[7]):
             t.set_shape((None,))
         return tuple(out)
 
     ds = tf.data.Dataset.range(len(items)).batch(chunk)
     ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=False)
     ds = pipeline.fixed(ds.unbatch().batch(max(1, int(batch_size))).prefetch(pipeline.PREFETCH_BATCHES))
-    for idx, views, status, sha, width, height, err in ds.as_numpy_iterator():
+    for idx, views, status, sha, width, height, err, nbytes in ds.as_numpy_iterator():
         ok = status == OK
         scores = np.full(len(idx), np.nan)
         if ok.any():
@@ -488,6 +504,7 @@ def stream_scores(
                 int(width[j]) or None,
                 int(height[j]) or None,
                 err[j].decode("utf-8", "replace"),
+                int(nbytes[j]),
             )
             for j in range(len(idx))
         ]
@@ -515,7 +532,8 @@ def score_folder(
 
     Finished files go to the ledger as one atomic chunk at most every ``flush_seconds`` (0: after every
     batch), so a killed run loses at most that much work. Raises :class:`ScoringError` for a missing or
-    empty folder. Bad files never raise: they get a row with an error.
+    empty folder, or when the ledger or results cannot be written (a full disk). Bad files never raise: they
+    get a row with an error.
     """
     say = log_fn or log.info
     src = source if isinstance(source, Store) else open_store(source, endpoint_url)
@@ -525,7 +543,7 @@ def score_folder(
     started_at, t0 = _now(), time.monotonic()
 
     scan = check_source(src, scan, marker)
-    items = scan.items
+    items = list(scan.items)  # a file that changed since the listing gets its entry replaced below
     ledger = Ledger(art, prefix, model_version).load()
     if ledger.bad_lines:
         say(f"ledger: ignored {ledger.bad_lines} unreadable line(s)")
@@ -552,11 +570,15 @@ def score_folder(
         todo = [items[i] for i in pending]
         for idx, status, shas, results in stream_scores(src, todo, predictor, batch_size, ledger.has, max_file_bytes):
             now = _now()
-            for j, st, sha, (score, width, height, err) in zip(idx, status, shas, results, strict=True):
+            for j, st, sha, (score, width, height, err, nbytes) in zip(idx, status, shas, results, strict=True):
                 obj = todo[j]
                 if st == READ_ERROR:
                     read_errors[obj.key] = err
                     continue
+                if nbytes != obj.size:
+                    # It changed between the listing and the read: the row describes what was read, and the
+                    # ledger gets no listing to match (mtime -1), so the next run reads it again.
+                    obj = items[pending[j]] = ObjectInfo(obj.key, nbytes, -1.0)
                 sha_of[obj.key] = sha
                 if st == CACHED and ledger.has(sha):
                     entry = ledger.entries[sha]
@@ -566,13 +588,15 @@ def score_folder(
                     inferred += st == OK
                 unflushed.append(ledger.record(obj, sha, entry))
             if time.monotonic() - last_flush >= flush_seconds:
-                ledger.append(unflushed)
+                with _writing(art, prefix):
+                    ledger.append(unflushed)
                 unflushed, last_flush = [], time.monotonic()
             progress.done += len(idx)
             if time.monotonic() - progress.last_log >= progress_every:
                 progress.last_log = time.monotonic()
                 say(f"scored {progress.line()}")
-        ledger.append(unflushed)
+        with _writing(art, prefix):
+            ledger.append(unflushed)
         say(f"scored {progress.line()}")
     process_s = time.monotonic() - progress.started
     if read_errors:
@@ -586,16 +610,17 @@ def score_folder(
                 "rerun when it is reachable"
             ) from None
 
-    summary = write_results(
-        art,
-        prefix,
-        items,
-        sha_of,
-        ledger,
-        read_errors,
-        threshold=float(predictor.threshold),
-        model_version=model_version,
-    )
+    with _writing(art, prefix):
+        summary = write_results(
+            art,
+            prefix,
+            items,
+            sha_of,
+            ledger,
+            read_errors,
+            threshold=float(predictor.threshold),
+            model_version=model_version,
+        )
     ledger.compact()
     finished = time.monotonic()
     summary.update(
@@ -623,7 +648,8 @@ def score_folder(
         "jsonl": art.describe(join(prefix, RESULTS_JSONL)),
         "summary": art.describe(join(prefix, SUMMARY_JSON)),
     }
-    art.write_json(join(prefix, SUMMARY_JSON), summary)
+    with _writing(art, prefix):
+        art.write_json(join(prefix, SUMMARY_JSON), summary)
     return summary
 
 

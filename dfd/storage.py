@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -287,7 +287,7 @@ class LocalStore(Store):
     def upload_file(self, local_path: str | Path, key: str) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        fd, tmp = new_temp_file(dest.parent)
         os.close(fd)
         try:
             shutil.copyfile(local_path, tmp)
@@ -304,7 +304,7 @@ class LocalStore(Store):
             raise NotFound(f"not found: {self.describe(key)}")
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=local_path.parent)
+        fd, tmp = new_temp_file(local_path.parent)
         os.close(fd)
         shutil.copyfile(src, tmp)
         os.replace(tmp, local_path)
@@ -404,11 +404,28 @@ def _fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def new_temp_file(folder: str | Path, prefix: str = ".tmp-") -> tuple[int, str]:
+    """Create a new, empty file in ``folder`` for an atomic write; returns ``(fd, path)`` like ``mkstemp``.
+
+    Unlike ``mkstemp`` (always 0600) the file is created with mode 0666 less the umask, as ``open`` would, so
+    the object renamed into place gets the same permissions as any other file the process writes (0644 under
+    umask 022, 0640 under 027), and a folder's default ACL applies. The umask is never read or changed.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = os.path.join(folder, prefix + secrets.token_hex(8))
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(folder))
+
+
 def atomic_write_local(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = new_temp_file(path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

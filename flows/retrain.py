@@ -1,12 +1,12 @@
 """The ``retrain`` flow: validate data -> augment -> train -> evaluate -> publish plots -> promote.
 
 Run it with ``python -m flows.retrain`` (or ``dfd-retrain``). Without ``PREFECT_API_URL`` Prefect starts a
-temporary local server for the run; with it, the run shows up in that server's UI.
+temporary local server for the run; with it, the run shows up in that server's UI. The command line is
+:func:`dfd.cli.retrain`: it checks the options, settings and data before Prefect is even imported.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -16,6 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # python -m flows.retrain: arguments and inputs are checked before Prefect is imported
+    from dfd.cli import retrain as _command
+
+    raise SystemExit(_command())
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -24,9 +29,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
+from dfd.data import DataError  # noqa: E402
 from dfd.demo import DEMO_NOTE  # noqa: E402
 from dfd.notify import flow_failure_hook, notify  # noqa: E402
-from dfd.settings import Settings  # noqa: E402
+from dfd.settings import Settings, SettingsError  # noqa: E402
 from flows import ephemeral  # noqa: E402
 from tasks import retrain as t  # noqa: E402
 
@@ -187,52 +193,27 @@ def print_summary(result: dict[str, Any], seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``dfd-retrain``: run the retraining flow once and print its outcome."""
-    parser = argparse.ArgumentParser(prog="dfd-retrain", description="Retrain the deepfake detector once.")
-    parser.add_argument("--data", dest="data_url", help="labelled data root with real/ and df/ (or s3://...)")
-    parser.add_argument("--artifacts", dest="artifacts_url", help="artifact store (folder or s3://...)")
-    parser.add_argument("--arch", choices=["patchnet", "seed-cnn", "efficientnet-b0"])
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--crop-size", type=int)
-    parser.add_argument("--augment-per-image", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--robust-aug", type=float, help="probability of each training-time degradation (0 = off)")
-    parser.add_argument("--synthetic-fakes", type=float,
-                        help="share of training reals that also yield a synthetic fake (0 = off)")
-    parser.add_argument("--face-crop", action="store_true", default=None,
-                        help="cut the model's views from the largest detected face")
-    parser.add_argument("--scale-aug", type=float,
-                        help="probability that a training image is first down-scaled x0.5-x1 (0 = off)")
-    parser.add_argument("--group-by", help="files kept in one split: folder (first subfolder under real/ or "
-                        "df/, e.g. a video), none, or regex:PATTERN")
-    parser.add_argument("--min-auc", type=float,
-                        help="quality floor: the AUC 95%% lower bound a model must beat to be promoted")
-    parser.add_argument("--force", action="store_true",
-                        help="retrain even if the data and model settings are unchanged")
-    parser.add_argument("--no-demo", action="store_true",
-                        help="do not generate the demo data set when the default data folder is empty")
-    args = vars(parser.parse_args(argv))
-    force, no_demo = args.pop("force"), args.pop("no_demo")
-    settings = Settings.from_env(**args)
-    default_data = Settings().data_url
-    if settings.data_url == default_data and not no_demo:
-        from dfd.demo import generate_demo, has_images
+    """``dfd-retrain``: run the retraining flow once and print its outcome (see :func:`dfd.cli.retrain`)."""
+    from dfd.cli import retrain as command
 
-        if not has_images(default_data):
-            counts = generate_demo(default_data)
-            print(f"{default_data} had no images: generated a demo set ({counts['real']} real, "
-                  f"{counts['df']} fake).\nNOTE: {DEMO_NOTE}\n")
+    return command(argv)
+
+
+def run_command(params: dict[str, Any], force: bool = False) -> int:
+    """The command's run, once :func:`dfd.cli.retrain` has checked the inputs: the flow, then its summary.
+
+    A user's error that only the flow can see (too few usable images, too few groups) ends in one line and
+    exit status 2, like the ones found before; any other failure in ``retrain failed: ...`` and status 1.
+    """
     started = time.monotonic()
     ephemeral.prepare()
     try:
-        result = retrain(**args, force=force)
+        result = retrain(**params, force=force)
+    except (DataError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the command reports and exits non-zero
         print(f"\nretrain failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print_summary(result, time.monotonic() - started)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

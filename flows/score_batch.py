@@ -8,7 +8,8 @@ Command line (also installed as ``dfd-score``)::
 ``PATH`` is a local folder or ``s3://bucket/prefix``. Results go to ``<ARTIFACTS_URL>/scores/<batch-id>/``
 (``results.csv``, ``results.jsonl``, ``summary.json``; see :mod:`dfd.scoring`). A missing folder, an empty
 folder or a missing champion model end with a one-line ``error: ...`` and exit status 2; a failure during
-the run exits with 1.
+the run exits with 1. The command line is :func:`dfd.cli.score`: options, folder and model are checked
+before Prefect is even imported.
 """
 
 from __future__ import annotations
@@ -18,16 +19,26 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+if __name__ == "__main__":  # python -m flows.score_batch: arguments and inputs are checked before Prefect starts
+    from dfd.cli import score as _command
 
-from dfd.notify import flow_failure_hook, notify
-from dfd.registry import RegistryError, resolve_version
-from dfd.scoring import ScoringError, check_source, format_summary
-from dfd.settings import Settings, SettingsError
-from dfd.storage import StorageError, open_store
-from flows import ephemeral
-from tasks.scoring import find_ready_batches, publish_inbox_table, publish_summary, score_folder_task
+    raise SystemExit(_command())
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+
+from dfd.notify import flow_failure_hook, notify  # noqa: E402
+from dfd.registry import RegistryError  # noqa: E402
+from dfd.scoring import ScoringError, format_summary  # noqa: E402
+from dfd.settings import Settings  # noqa: E402
+from dfd.storage import StorageError  # noqa: E402
+from flows import ephemeral  # noqa: E402
+from tasks.scoring import (  # noqa: E402
+    find_ready_batches,
+    publish_inbox_table,
+    publish_summary,
+    score_folder_task,
+)
 
 
 def _run_name() -> str:
@@ -108,41 +119,15 @@ def score_batch(
     return summaries
 
 
-def _precheck(args: argparse.Namespace, settings: Settings) -> None:
-    """Fail fast, before Prefect or TensorFlow start, on a missing/empty folder or a missing model."""
-    endpoint = settings.s3_endpoint_url or None
-    if args.inbox:
-        inbox = open_store(settings.inbox_url, endpoint)
-        local = inbox.local_path("")
-        if local is not None and not local.is_dir():
-            raise ScoringError(f"inbox folder {inbox.url} does not exist")
-        return
-    check_source(open_store(args.path, endpoint), marker=settings.ready_marker)
-    resolve_version(open_store(settings.artifacts_url, endpoint), args.model_version)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dfd-score", description="Score every image in a folder with the champion deepfake detector."
-    )
-    parser.add_argument("path", nargs="?", help="folder to score: a local path or s3://bucket/prefix")
-    parser.add_argument("--model-version", help="model version to use (default: the champion)")
-    parser.add_argument("--batch-size", type=int, help="images per inference batch (default: 64)")
-    parser.add_argument("--inbox", action="store_true", help="score every ready, not yet scored inbox folder")
-    parser.add_argument("--artifacts", help="artifact store URL (default: ARTIFACTS_URL or ./artifacts)")
-    parser.add_argument("--inbox-url", help="inbox URL for --inbox (default: INBOX_URL or data/inbox)")
-    parser.add_argument("--quiet-seconds", type=float, help="seconds without change that make a folder ready")
-    args = parser.parse_args(argv)
-    if bool(args.path) == bool(args.inbox):
-        parser.error("give either a PATH or --inbox")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    try:
-        settings = _settings(artifacts_url=args.artifacts, inbox_url=args.inbox_url, quiet_seconds=args.quiet_seconds)
-        _precheck(args, settings)
-    except (ScoringError, RegistryError, StorageError, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """``dfd-score``: score a folder (or the inbox) once and print the summary (see :func:`dfd.cli.score`)."""
+    from dfd.cli import score as command
+
+    return command(argv)
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The command's run, once :func:`dfd.cli.score` has checked the inputs: the flow, then the summaries."""
     ephemeral.prepare()
     try:
         result = score_batch(
@@ -166,7 +151,3 @@ def main(argv: list[str] | None = None) -> int:
     for summary in summaries:
         print(format_summary(summary))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

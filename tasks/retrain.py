@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from dfd import augment, csvsafe, data, evaluate, plots, promotion, registry, synthfake
 from dfd.demo import DEMO_NOTE
 from dfd.settings import Settings
-from dfd.storage import Conflict, open_store
+from dfd.storage import Conflict, StorageError, open_store
 from dfd.train import Entry
 
 S = dict[str, Any]
@@ -51,9 +51,20 @@ def reconcile_registry(s: S) -> list[str]:
     return actions
 
 
-@task(name="validate-data", retries=1, retry_delay_seconds=5)
+def retry_io_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry storage I/O errors only. A user's error (:class:`dfd.data.DataError`,
+    :class:`dfd.settings.SettingsError`: missing folders, too few images, a bad pattern) or a bug would fail
+    the same way again, so it fails at once, with no retry and no second traceback."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, StorageError | OSError)
+
+
+@task(name="validate-data", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_io_only)
 def validate_data(s: S) -> S:
-    """Discover, decode and split the data; write the manifest and quarantine report to a new run folder."""
+    """Discover, decode and split the data; write the manifest and quarantine report to a new run folder.
+
+    A user's error is raised as it is (:class:`dfd.data.DataError`, one line that says what to change) and
+    never retried; the command line reports it in one line with exit status 2."""
     log = get_run_logger()
     settings = _settings(s)
     data_store, _, artifacts = _stores(settings)

@@ -42,8 +42,9 @@ def test_missing_folder_and_missing_class(tmp_path: Path):
         data.validate(open_store(tmp_path / "nope"), **KW)
     (tmp_path / "only" / "real").mkdir(parents=True)
     (tmp_path / "only" / "real" / "a.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
-    with pytest.raises(data.DataError, match="no df/ folder"):
+    with pytest.raises(data.DataError, match="no df/ folder") as err:  # the same hint as an empty df/
         data.validate(open_store(tmp_path / "only"), **KW)
+    assert data.FAKES_HINT in str(err.value) and "--synthetic-fakes" in data.FAKES_HINT
 
 
 def test_empty_class(tiny_data: Path):
@@ -57,8 +58,9 @@ def test_reals_only_data_is_accepted_when_fakes_will_be_synthesised(tiny_data: P
     """With synthetic fakes on, an empty or missing df/ is fine: the split then holds reals only."""
     for p in (tiny_data / "df").iterdir():
         p.unlink()
-    with pytest.raises(data.DataError, match="or set synthetic_fakes > 0"):
+    with pytest.raises(data.DataError, match="or set synthetic_fakes > 0") as err:
         data.validate(open_store(tiny_data), **KW)
+    assert str(err.value).endswith(data.FAKES_HINT)
     (tiny_data / "df").rmdir()
     result = data.validate(open_store(tiny_data), **KW, fakes_optional=True)
     assert result.items and {it.label for it in result.items} == {"real"}

@@ -196,7 +196,7 @@ def test_console_script_is_declared_and_runs():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["dfd-score"] == "flows.score_batch:main"
+    assert scripts["dfd-score"] == "dfd.cli:score"
     exe = shutil.which("dfd-score") or shutil.which("dfd-score", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("the package is not installed (pip install -e .), so there is no dfd-score on PATH")
