@@ -137,6 +137,11 @@ def test_batch_filter_in_the_browser(server, page):
     scores = [float(s) for s in page.locator("#rows tbody td.score").all_inner_texts()]
     assert scores == sorted(scores, reverse=True) and min(scores) >= 0.5
     assert f"{len(labels)} rows labelled deepfake" in page.locator("#pager").inner_text()
+    # Thumbnails are lazy (they do not hold up the page's load event): ask for all of them, then wait until
+    # every one has finished, loaded or not, before judging them.
+    page.eval_on_selector_all("td.thumb img", "els => els.forEach(e => { e.loading = 'eager'; })")
+    page.wait_for_function("() => [...document.querySelectorAll('td.thumb img')].every(e => e.complete)",
+                           timeout=WAIT_MS)
     thumbs = page.eval_on_selector_all("td.thumb img", "els => els.map(e => e.complete && e.naturalWidth)")
     assert thumbs and all(w and w > 0 for w in thumbs)
     save_screenshot(page, "batch")
