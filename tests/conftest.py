@@ -37,3 +37,17 @@ def tiny_data(tmp_path: Path) -> Path:
     from helpers import make_dataset
 
     return make_dataset(tmp_path / "data", per_class=12, size=48)
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A tiny published champion: (artifact store root, its predictor, its version)."""
+    from helpers import publish_tiny_model
+
+    from dfd.scoring import load_predictor
+    from dfd.storage import open_store
+
+    root = tmp_path_factory.mktemp("artifacts")
+    publish_tiny_model(root)
+    predictor, version = load_predictor(open_store(root), None)
+    return root, predictor, version

@@ -12,22 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import png_bytes, publish_tiny_model
+from helpers import png_bytes
 from PIL import Image
 
 from dfd.demo import synthetic_photo
-from dfd.scoring import load_predictor, score_folder
-from dfd.storage import LocalStore, StorageError, open_store
+from dfd.scoring import score_folder
+from dfd.storage import LocalStore, StorageError
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    publish_tiny_model(root)
-    predictor, version = load_predictor(open_store(root), None)
-    return root, predictor, version
 
 
 def jpeg(pixels: np.ndarray, **kw) -> bytes:

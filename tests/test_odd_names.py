@@ -14,26 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_dataset, png_bytes, publish_tiny_model
+from helpers import make_dataset, png_bytes
 
 from app.catalog import ResultTable, iter_csv, parse_results
 from dfd import csvsafe, data
 from dfd.demo import synthetic_photo
 from dfd.imageio import ImageError, decode_image
-from dfd.scoring import check_source, load_predictor, score_folder
+from dfd.scoring import check_source, score_folder
 from dfd.storage import escape_name, open_store, unescape_name
 
 BAD = b"bad\xff.jpg"  # not UTF-8: os.fsdecode gives 'bad\udcff.jpg'
 FORMULA = '=HYPERLINK("http:x","click").jpg'
 KW = dict(max_pixels=10_000_000, max_bytes=10_000_000, min_per_class=5)
-
-
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    publish_tiny_model(root)
-    predictor, version = load_predictor(open_store(root), None)
-    return root, predictor, version
 
 
 def jpeg(seed: int, size: int = 40) -> bytes:
