@@ -476,7 +476,7 @@ def test_bodies_over_the_servers_limit_get_the_security_headers_too(world):
         host, port = base.split("//", 1)[1].split(":")
         # Waitress refuses on the Content-Length alone (no body sent); the app once it has the whole body.
         for length, body, who in ((limit + 1024 * 1024 + 1, b"", "waitress"), (limit + 1, b"x" * (limit + 1), "app")):
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn = http.client.HTTPConnection(host, int(port), timeout=120)
             try:
                 conn.putrequest("POST", "/api/predict")
                 conn.putheader("Content-Type", "application/octet-stream")

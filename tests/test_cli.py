@@ -178,7 +178,7 @@ def test_commands_find_the_checkout_from_anywhere_and_refuse_without_one(tmp_pat
             "from dfd import cli; cli.use_checkout('dfd-x'); import flows.ephemeral, tasks; "
             "print(sys.path[0], flows.__file__)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=60)
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(ROOT), str(ROOT / "flows" / "__init__.py")]
 

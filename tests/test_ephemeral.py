@@ -39,7 +39,7 @@ def test_only_tagged_servers_whose_owner_is_gone_are_reaped():
         assert not {owned.pid, untagged.pid, not_a_server.pid} & set(found)
         lines: list[str] = []
         assert orphan.pid in ephemeral.reap_orphaned_servers(lines.append)
-        assert orphan.wait(timeout=60) == -signal.SIGTERM, "the orphan was not stopped"
+        assert orphan.wait(timeout=300) == -signal.SIGTERM, "the orphan was not stopped"
         assert any(f"pid {orphan.pid}" in line for line in lines)
         assert all(p.poll() is None for p in (owned, untagged, not_a_server))
     finally:

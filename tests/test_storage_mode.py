@@ -35,7 +35,7 @@ print(json.dumps({p: oct(os.stat(os.path.join(root, p)).st_mode & 0o777) for p i
 @pytest.mark.parametrize(("umask", "mode"), [("022", "0o644"), ("027", "0o640"), ("077", "0o600")])
 def test_written_files_follow_the_umask(tmp_path: Path, umask: str, mode: str):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), umask], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     modes = json.loads(proc.stdout)
     assert modes and set(modes.values()) == {mode}, modes
