@@ -156,12 +156,8 @@ def run_one(ds: DataSet, config: str, base: Settings, synth_dir: Path,
     s_val, s_test = evaluate.apply_temperature(raw_val, t), evaluate.apply_temperature(raw_test, t)
     threshold = evaluate.choose_threshold(y_val, s_val)
     m = evaluate.metrics(y_test, s_test, threshold)
-    intervals = {}
-    for split, entries, scores in (("validation", val, s_val), ("test", test, s_test)):
-        low, high = evaluate.auc_interval(np.array([e.y for e in entries]), scores, [e.group for e in entries],
-                                          seed=s.seed)
-        intervals[split] = {"auc": evaluate.auc(np.array([e.y for e in entries]), scores), "low": low,
-                            "high": high, "groups": len({e.group for e in entries})}
+    intervals = {"validation": evaluate.split_auc_interval(val, s_val, s.seed),
+                 "test": evaluate.split_auc_interval(test, s_test, s.seed)}
     floor = promotion.quality_floor(intervals, s.min_auc)
     test_pixels = [decode_image(store.read_bytes(e.key), s.max_image_pixels).pixels for e in test]
     auc_jpeg = evaluate.auc(y_test, predictor.score_pixels([robust.jpeg(p, 50) for p in test_pixels]))

@@ -170,3 +170,13 @@ def auc_interval(y: np.ndarray, s: np.ndarray, groups: Sequence[Any] | None = No
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(aucs, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def split_auc_interval(entries: Sequence[Entry], scores: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """One split's AUC with its 95% group-bootstrap interval, as the quality floor reads it
+    (``{"auc", "low", "high", "groups"}``); an entry with no group (-1) is a group of its own."""
+    y = np.array([e.y for e in entries])
+    groups = [e.group if e.group >= 0 else f"item{i}" for i, e in enumerate(entries)]
+    low, high = auc_interval(y, scores, groups, seed=seed)
+    return {"auc": auc(y, scores) if len(set(y.tolist())) == 2 else float("nan"),
+            "low": low, "high": high, "groups": len(set(groups))}

@@ -239,7 +239,7 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
     s_val = evaluate.apply_temperature(raw_val, temperature)
     s_test = evaluate.apply_temperature(raw_test, temperature)
     threshold = evaluate.choose_threshold(y_val, s_val)
-    intervals = {name: _auc_interval(entries, scores, settings.seed)
+    intervals = {name: evaluate.split_auc_interval(entries, scores, settings.seed)
                  for name, entries, scores in (("validation", val, s_val), ("test", test, s_test))}
     floor = promotion.quality_floor(intervals, settings.min_auc)
     result = {
@@ -273,14 +273,6 @@ def evaluate_model(s: S, validated: S, trained: S) -> S:
             "threshold": threshold, "temperature": temperature,
             "floor_passed": floor["passed"], "floor_reason": floor["reason"]}
 
-
-def _auc_interval(entries: list[Entry], scores: np.ndarray, seed: int) -> S:
-    """AUC with its 95% group-bootstrap interval (see :func:`dfd.evaluate.auc_interval`)."""
-    y = np.array([e.y for e in entries])
-    groups = [e.group if e.group >= 0 else f"item{i}" for i, e in enumerate(entries)]
-    low, high = evaluate.auc_interval(y, scores, groups, seed=seed)
-    return {"auc": evaluate.auc(y, scores) if len(set(y.tolist())) == 2 else float("nan"),
-            "low": low, "high": high, "groups": len(set(groups))}
 
 
 def _headline(m: S) -> S:

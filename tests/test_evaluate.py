@@ -66,3 +66,13 @@ def test_auc_interval_resamples_groups_not_images():
 def test_auc_interval_of_one_class_is_undefined():
     low, high = evaluate.auc_interval(np.zeros(5), np.arange(5.0))
     assert np.isnan(low) and np.isnan(high)
+
+
+def test_split_interval_counts_ungrouped_entries_as_their_own_groups():
+    from dfd.train import Entry
+
+    entries = [Entry(0, f"k{i}", i % 2, group=7 if i < 4 else -1) for i in range(10)]
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.45, 0.55])
+    iv = evaluate.split_auc_interval(entries, scores)
+    assert iv["groups"] == 1 + 6 and iv["auc"] == 1.0
+    assert iv["low"] <= iv["auc"] <= iv["high"]
