@@ -1,11 +1,11 @@
-"""Deployment settings read from the environment, with the documented defaults.
+"""Deployment settings: the defaults in ``prefect.yaml`` (``definitions.defaults``), overridden by the environment.
 
 ``prefect.yaml`` calls :func:`deploy_settings` as a build step (``id: cfg``) so that a plain
 ``prefect --no-prompt deploy --all`` works with no environment at all, while every value can still be
 overridden at deploy time:
 
 ===========================  ==================  ====================================================
-environment variable         default             meaning
+environment variable         default (the file)  meaning
 ===========================  ==================  ====================================================
 ``RETRAIN_CRON``             ``0 2 * * *``       cron of ``retrain-nightly``
 ``RETRAIN_TIMEZONE``         ``UTC``             IANA time zone the cron is read in
@@ -25,12 +25,26 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 
-DEFAULT_RETRAIN_CRON = "0 2 * * *"
-DEFAULT_TIMEZONE = "UTC"
-DEFAULT_INBOX_INTERVAL_S = 300
-DEFAULT_WORK_POOL = "dfd-process"
-DEFAULT_WORK_POOL_TYPE = "process"
+
+def file_defaults(prefect_file: Path = PREFECT_FILE) -> dict[str, Any]:
+    """The defaults written once in ``prefect.yaml`` under ``definitions.defaults``."""
+    import yaml
+
+    defaults = (yaml.safe_load(prefect_file.read_text()).get("definitions") or {}).get("defaults") or {}
+    missing = {"retrain_cron", "timezone", "inbox_interval", "work_pool", "work_pool_type"} - set(defaults)
+    if missing:
+        raise ValueError(f"{prefect_file}: definitions.defaults lacks {sorted(missing)}")
+    return defaults
+
+
+_DEFAULTS = file_defaults()
+DEFAULT_RETRAIN_CRON = str(_DEFAULTS["retrain_cron"])
+DEFAULT_TIMEZONE = str(_DEFAULTS["timezone"])
+DEFAULT_INBOX_INTERVAL_S = int(_DEFAULTS["inbox_interval"])
+DEFAULT_WORK_POOL = str(_DEFAULTS["work_pool"])
+DEFAULT_WORK_POOL_TYPE = str(_DEFAULTS["work_pool_type"])
 
 DEPLOYMENT_NAMES = ("retrain/retrain-nightly", "score-batch/score-inbox")
 

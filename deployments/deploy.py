@@ -6,7 +6,6 @@ and the CLI fills in each pool type's default job template.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -127,16 +126,6 @@ def deploy_all(env: Mapping[str, str], pool: str | None = None, cwd: Path = REPO
                                                 inbox_interval_s=interval, pool=pool)
         args += ["--prefect-file", str(prefect_file)]
         return run_cli(args, env, cwd=cwd).stdout
-
-
-def api_json(api_url: str, path: str, body: dict | None = None, timeout: float = 10.0):
-    """POST ``body`` (or GET when ``None``) to the Prefect REST API and decode the JSON answer."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(api_url.rstrip("/") + path, data=data,
-                                     headers={"Content-Type": "application/json"},
-                                     method="GET" if body is None else "POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,19 @@
-"""One settings object: defaults, overridden by environment variables, then by explicit (flow) parameters.
+"""The one reader of configuration: defaults, overridden by environment variables, then by explicit parameters.
 
-Every field ``name`` can be set with the environment variable ``DFD_<NAME>``; the storage URLs and a few
-operational settings also accept the short names documented in the README (``ARTIFACTS_URL``, ``DATA_URL``,
-``INBOX_URL``, ``SYNTHETIC_URL``, ``S3_ENDPOINT_URL``, ``WEBHOOK_URL``).
+:class:`Settings` is what the flows, the scorer and the stores need. Every field ``name`` can be set with
+the environment variable ``DFD_<NAME>``; the storage URLs, the S3 client options and a few operational
+settings also accept the short names documented in the README (``ARTIFACTS_URL``, ``DATA_URL``,
+``INBOX_URL``, ``SYNTHETIC_URL``, ``S3_ENDPOINT_URL``, ``WEBHOOK_URL``, ``AWS_MAX_ATTEMPTS``, ...).
+:class:`ViewerSettings` holds the web viewer's own knobs, each set with ``VIEWER_<NAME>``. Nothing else in
+the product reads these variables. (A hand-written reader rather than pydantic-settings: it is small, keeps
+the frozen dataclass the flows pass around, and its errors name the variable.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 # Short environment names accepted besides DFD_<NAME>.
@@ -20,6 +24,11 @@ ENV_ALIASES = {
     "inbox_url": "INBOX_URL",
     "s3_endpoint_url": "S3_ENDPOINT_URL",
     "webhook_url": "WEBHOOK_URL",
+    "s3_max_attempts": "AWS_MAX_ATTEMPTS",
+    "s3_retry_mode": "AWS_RETRY_MODE",
+    "s3_connect_timeout": "S3_CONNECT_TIMEOUT",
+    "s3_read_timeout": "S3_READ_TIMEOUT",
+    "s3_max_pool_connections": "S3_MAX_POOL_CONNECTIONS",
 }
 
 
@@ -37,6 +46,12 @@ class Settings:
     artifacts_url: str = "artifacts"
     inbox_url: str = "data/inbox"
     s3_endpoint_url: str = ""
+    # S3 client: attempts per request (with backoff), botocore retry mode, timeouts (s), parallel requests.
+    s3_max_attempts: int = 5
+    s3_retry_mode: str = "standard"
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 60.0
+    s3_max_pool_connections: int = 32
     # Local scratch space for training checkpoints and downloaded models (never shared between machines).
     work_dir: str = ".dfd-work"
 
@@ -97,42 +112,31 @@ class Settings:
 
     # Scoring.
     score_batch_size: int = 64
+    # How much work (seconds) a killed scoring run may lose; 0 writes a ledger chunk after every batch.
+    ledger_flush_seconds: float = 1.0
     ready_marker: str = "_READY"
     quiet_seconds: float = 60.0
 
     # Notifications (off when empty).
     webhook_url: str = ""
 
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from defaults, then the environment, then non-None ``overrides``."""
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "extra":
-                continue
-            raw = env.get(f"DFD_{f.name.upper()}")
-            if raw is None and f.name in ENV_ALIASES:
-                raw = env.get(ENV_ALIASES[f.name])
-            if raw is not None and raw != "":
-                values[f.name] = _coerce(f.name, f.type, raw)
-        for name, value in overrides.items():
-            if value is None:
-                continue
-            if name not in {f.name for f in fields(cls)}:
-                raise SettingsError(f"unknown setting {name!r}")
-            values[name] = value
-        settings = cls(**values)
+        settings = cls(**_read(cls, env, "DFD_", ENV_ALIASES, overrides))
         settings.check()
         return settings
 
-    def replace(self, **changes: Any) -> Settings:
-        """A copy with some fields changed (``None`` values are ignored)."""
-        s = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-        s.check()
-        return s
+    @property
+    def s3_endpoint(self) -> str | None:
+        """The S3 endpoint URL, or ``None`` for AWS itself (the one place an empty setting becomes ``None``)."""
+        return self.s3_endpoint_url.strip() or None
+
+    def s3_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`dfd.s3.S3Store`: the endpoint and the client options."""
+        return {"endpoint_url": self.s3_endpoint, "max_attempts": self.s3_max_attempts,
+                "retry_mode": self.s3_retry_mode, "connect_timeout": self.s3_connect_timeout,
+                "read_timeout": self.s3_read_timeout, "max_pool_connections": self.s3_max_pool_connections}
 
     def check(self) -> None:
         """Reject values that would only fail later, with a message that names the setting."""
@@ -158,13 +162,21 @@ class Settings:
             raise SettingsError("min_auc must be between 0 and 1 (0.5 = chance)")
         if self.stall_epochs < 0 or self.max_train_attempts < 1:
             raise SettingsError("stall_epochs must be >= 0 and max_train_attempts >= 1")
+        if self.ledger_flush_seconds < 0:
+            raise SettingsError("ledger_flush_seconds must be >= 0")
+        if self.s3_max_attempts < 1 or self.s3_max_pool_connections < 1:
+            raise SettingsError("s3_max_attempts and s3_max_pool_connections must be at least 1")
+        if self.s3_connect_timeout <= 0 or self.s3_read_timeout <= 0:
+            raise SettingsError("s3_connect_timeout and s3_read_timeout must be positive (seconds)")
         if self.group_by not in ("folder", "none") and not self.group_by.startswith("regex:"):
             raise SettingsError(f"group_by must be 'folder', 'none' or 'regex:PATTERN', not {self.group_by!r}")
 
     # Fields that say where things are or how scoring runs: changing them does not change the trained model.
     NOT_MODEL = frozenset({"data_url", "synthetic_url", "artifacts_url", "inbox_url", "s3_endpoint_url",
-                           "work_dir", "webhook_url", "score_batch_size", "ready_marker", "quiet_seconds",
-                           "promotion_tolerance", "min_auc", "extra"})
+                           "s3_max_attempts", "s3_retry_mode", "s3_connect_timeout", "s3_read_timeout",
+                           "s3_max_pool_connections", "work_dir", "webhook_url", "score_batch_size",
+                           "ledger_flush_seconds", "ready_marker", "quiet_seconds", "promotion_tolerance",
+                           "min_auc"})
 
     def model_settings(self) -> dict[str, Any]:
         """The settings that shape the trained model (split, augmentation, architecture, training): a retrain on
@@ -174,10 +186,78 @@ class Settings:
     def public_dict(self) -> dict[str, Any]:
         """The settings as a JSON-able dict, without anything that could be a secret."""
         d = dataclasses.asdict(self)
-        d.pop("extra", None)
         if d.get("webhook_url"):
             d["webhook_url"] = "(set)"
         return d
+
+
+@dataclass(frozen=True)
+class ViewerSettings:
+    """The web viewer's own settings (``VIEWER_<NAME>``); where the artifacts are comes from :class:`Settings`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 8
+    # Largest request body (uploads); above it: 413.
+    max_content_length: int = 16 * 1024 * 1024
+    # Optional shared secret for upload/predict (form field ``token`` or ``Authorization: Bearer``).
+    token: str = ""
+    # Listings and small JSON files are re-read at most this often (seconds); 0 = on every request.
+    refresh_seconds: float = 2.0
+    # Rows per batch page (default and upper bound).
+    page_size: int = 50
+    max_page_size: int = 500
+    # Thumbnails: longest side in pixels, JPEG quality, and how many are kept in memory.
+    thumb_size: int = 96
+    thumb_quality: int = 80
+    thumb_cache_entries: int = 4096
+    # Parsed batch result tables kept in memory (each 100,000-row table takes some tens of MB).
+    table_cache_entries: int = 4
+    # Explanation heatmaps: at most this many model views per image, and the longest side shown.
+    explain_max_tiles: int = 64
+    explain_display_size: int = 448
+    # Grad-CAM and the overlay work on a copy of the upload at most this many pixels on its longest side
+    # (the score always uses the full image, like batch scoring).
+    explain_max_side: int = 1024
+    # Uploads decoded, scored and explained at once; how many more may wait for a slot, and for how long.
+    # Beyond that: 503 with Retry-After. The defaults leave 2 of the server's 8 threads to the pages.
+    predict_concurrency: int = 2
+    predict_queue: int = 4
+    predict_wait_seconds: float = 60.0
+    # Originals decoded for thumbnails at once (the others wait, up to predict_wait_seconds).
+    thumb_concurrency: int = 2
+    # Where downloaded models are cached when the store is remote (empty: <work_dir>/viewer).
+    cache_dir: str = ""
+    # Store URL where uploads are kept; empty (default) = uploads are never stored.
+    keep_uploads_url: str = ""
+    recent_items: int = 8
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ViewerSettings:
+        """Defaults, then ``VIEWER_<NAME>`` variables, then non-None ``overrides``."""
+        return cls(**_read(cls, env, "VIEWER_", {}, overrides))
+
+
+def _read(cls: type, env: dict[str, str] | None, prefix: str, aliases: dict[str, str],
+          overrides: dict[str, Any]) -> dict[str, Any]:
+    """Field values of ``cls`` from ``<prefix><NAME>`` (or an alias) in ``env``, then non-None ``overrides``."""
+    env = dict(os.environ if env is None else env)
+    names = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        var = f"{prefix}{f.name.upper()}"
+        raw = env.get(var)
+        if (raw is None or raw == "") and f.name in aliases:
+            var, raw = aliases[f.name], env.get(aliases[f.name])
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(var, f.type, raw)
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in names:
+            raise SettingsError(f"unknown setting {name!r}")
+        values[name] = value
+    return values
 
 
 def _coerce(name: str, type_name: Any, raw: str) -> Any:
@@ -195,5 +275,5 @@ def _coerce(name: str, type_name: Any, raw: str) -> Any:
                 return False
             raise ValueError(raw)
     except ValueError:
-        raise SettingsError(f"environment setting for {name!r} is not a valid {kind}: {raw!r}") from None
+        raise SettingsError(f"environment variable {name} is not a valid {kind}: {raw!r}") from None
     return raw

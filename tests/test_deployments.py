@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
-from deployments.config import REPO_ROOT, ConfigError, schedule_settings
+from deployments.config import REPO_ROOT, ConfigError, file_defaults, schedule_settings
 from deployments.deploy import PREFECT, deploy_all, ensure_work_pool, offline_env, patched_prefect_file, wait_healthy
 from deployments.stack import alive, read_state
 
@@ -42,6 +42,20 @@ def test_schedule_settings_defaults_and_overrides():
                 {"SCORE_INBOX_INTERVAL": "5m"}, {"SCORE_INBOX_INTERVAL": "2"}):
         with pytest.raises(ConfigError):
             schedule_settings(bad)
+
+
+def test_defaults_are_read_from_prefect_yaml_only(tmp_path):
+    """The deployment defaults live once, in prefect.yaml; the schedule and pool there use the same values."""
+    defaults = file_defaults()
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    assert [d["work_pool"]["name"] for d in spec["deployments"]] == [defaults["work_pool"]] * 2
+    assert spec["deployments"][1]["schedules"][0]["interval"] == defaults["inbox_interval"]
+    other = tmp_path / "prefect.yaml"
+    other.write_text(yaml.safe_dump({"definitions": {"defaults": {**defaults, "inbox_interval": 90}}}))
+    assert file_defaults(other)["inbox_interval"] == 90
+    other.write_text(yaml.safe_dump({"definitions": {"defaults": {"timezone": "UTC"}}}))
+    with pytest.raises(ValueError, match="lacks"):
+        file_defaults(other)
 
 
 def test_patched_prefect_file_changes_only_pool_and_interval(tmp_path):
