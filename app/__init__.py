@@ -13,9 +13,11 @@ from typing import Any
 from flask import Flask
 
 from app.catalog import Catalog
-from app.config import load_config
-from app.scoring import Gate, ModelHolder, ThumbnailCache
-from dfd.storage import open_store
+from app.champion import ModelHolder
+from app.config import load_config, open_config_store
+from app.gate import Gate
+from app.thumbnails import ThumbnailCache
+from dfd import layout
 
 # Sent with every response: the app's own, and the errors waitress answers by itself (app/serve.py).
 SECURITY_HEADERS: dict[str, str] = {
@@ -40,7 +42,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["DEBUG"] = bool((test_config or {}).get("DEBUG", False))
     app.debug = app.config["DEBUG"]
 
-    store = open_store(app.config["ARTIFACTS_URL"], app.config["S3_ENDPOINT_URL"] or None)
+    store = open_config_store(app.config, app.config["ARTIFACTS_URL"])
     refresh = float(app.config["REFRESH_SECONDS"])
     app.extensions["dfd_catalog"] = Catalog(store, refresh, int(app.config["TABLE_CACHE_ENTRIES"]))
     wait = float(app.config["PREDICT_WAIT_SECONDS"])
@@ -55,6 +57,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.jinja_env.filters["num"] = _num
     app.jinja_env.filters["pct"] = _pct
     app.jinja_env.filters["short"] = lambda s, n=12: (str(s)[:n] + "…") if s and len(str(s)) > n else (s or "")
+    # Templates name store keys and result labels as the writers do (dfd.layout), not with copies.
+    app.jinja_env.globals.update(run_key=layout.run_key, result_labels=layout.RESULT_LABELS,
+                                 error_label=layout.ERROR_LABEL)
 
     from app.views import bp
 

@@ -22,20 +22,27 @@ from typing import Any
 import numpy as np
 
 from dfd import csvsafe, registry
-from dfd.storage import NotFound, ObjectInfo, StorageError, Store, clean_key, join
+from dfd.layout import (
+    CONFIG_FILE,
+    ERROR_LABEL,
+    INT_FIELDS,
+    METADATA_FILE,
+    METRICS_FILE,
+    PLOT_FILES,
+    PLOTS,
+    RESULT_FIELDS,
+    RESULT_LABELS,
+    RESULTS_CSV,
+    RESULTS_JSONL,
+    RUNS,
+    SCORE_LABELS,
+    SCORES,
+    SUMMARY_JSON,
+    batch_key,
+    run_key,
+)
+from dfd.storage import NotFound, ObjectInfo, StorageError, Store, clean_key
 
-SCORES = "scores"
-PLOT_NAMES = ("acc", "loss", "cm", "roc", "auc", "pr", "hist")
-PLOT_TITLES = {
-    "acc": "Accuracy per epoch",
-    "loss": "Loss per epoch",
-    "cm": "Confusion matrix",
-    "roc": "ROC curve",
-    "auc": "AUC per epoch",
-    "pr": "Precision-recall curve",
-    "hist": "Score histogram",
-    "reliability": "Reliability (calibration)",
-}
 # Names a run or batch folder may have: no separators, no leading dot.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 # Objects the viewer serves as files, by extension, with their content type.
@@ -46,23 +53,17 @@ SERVABLE = {
     ".jsonl": "application/x-ndjson",
     ".txt": "text/plain; charset=utf-8",
 }
-INT_FIELDS = ("bytes", "width", "height")
-LABELS = ("real", "deepfake", "error")
 SORTS = ("file", "score_desc", "score_asc")
-RESULT_FIELDS = (
-    "path", "sha256", "bytes", "width", "height", "score", "label", "threshold", "model_version", "scored_at",
-    "error",
-)
-
-
-class NotFoundError(LookupError):
-    """What was asked for does not exist (the routes answer 404)."""
+# The results file of each kind the viewer reads, in order of preference.
+RESULTS_FILES = {"jsonl": RESULTS_JSONL, "csv": RESULTS_CSV}
+LABEL_CODES = {name: i for i, name in enumerate(RESULT_LABELS)}  # a row's label -> its code in a ResultTable
+ERROR_CODE = LABEL_CODES[ERROR_LABEL]
 
 
 def safe_name(name: str) -> str:
-    """``name`` if it can be a run version or batch id, else :class:`NotFoundError`."""
+    """``name`` if it can be a run version or batch id, else :class:`dfd.storage.NotFound` (a 404)."""
     if not SAFE_NAME.match(name or "") or ".." in name:
-        raise NotFoundError(f"no such item {name!r}")
+        raise NotFound(f"no such item {name!r}")
     return name
 
 
@@ -97,7 +98,7 @@ class ResultTable:
     signature: tuple[str, int, float]
     columns: dict[str, list[Any]]
     scores: np.ndarray  # float64, NaN where the row has no score
-    label_codes: np.ndarray  # 0 real, 1 deepfake, 2 error
+    label_codes: np.ndarray  # index into RESULT_LABELS: 0 real, 1 deepfake, 2 error
     _orders: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,19 +106,19 @@ class ResultTable:
         return len(self.scores)
 
     def counts(self) -> dict[str, int]:
-        found = np.bincount(self.label_codes, minlength=3)
-        return {name: int(found[i]) for i, name in enumerate(LABELS)}
+        found = np.bincount(self.label_codes, minlength=len(RESULT_LABELS))
+        return {name: int(found[i]) for i, name in enumerate(RESULT_LABELS)}
 
     def order(self, label: str = "", sort: str = "file") -> np.ndarray:
         """Row indices for a label filter ('' = all) in a sort order, computed once and reused."""
-        key = (label if label in LABELS else "", sort if sort in SORTS else "file")
+        key = (label if label in RESULT_LABELS else "", sort if sort in SORTS else "file")
         with self._lock:
             cached = self._orders.get(key)
         if cached is not None:
             return cached
         idx = np.arange(len(self.scores))
         if key[0]:
-            idx = idx[self.label_codes == LABELS.index(key[0])]
+            idx = idx[self.label_codes == LABEL_CODES[key[0]]]
         if key[1] != "file":
             s = self.scores[idx]
             # Rows without a score go last in both directions; ties keep file order (stable sort).
@@ -155,7 +156,7 @@ def parse_results(data: bytes, kind: str) -> tuple[dict[str, list[Any]], np.ndar
     interned: dict[str, str] = {}
     columns: dict[str, list[Any]] = {name: [] for name in RESULT_FIELDS}
     scores = np.full(len(records), np.nan)
-    codes = np.full(len(records), 2, dtype=np.int8)
+    codes = np.full(len(records), ERROR_CODE, dtype=np.int8)
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             rec = {}
@@ -174,11 +175,11 @@ def parse_results(data: bytes, kind: str) -> tuple[dict[str, list[Any]], np.ndar
                 value = interned.setdefault(value, value)
             columns[name].append(value)
         label = str(rec.get("label") or "")
-        if rec.get("error") or label not in ("real", "deepfake") or score is None:
-            codes[i] = 2
+        if rec.get("error") or label not in SCORE_LABELS or score is None:
+            codes[i] = ERROR_CODE
             columns["label"][i] = ""
         else:
-            codes[i] = 0 if label == "real" else 1
+            codes[i] = LABEL_CODES[label]
             scores[i] = score
     return columns, scores, codes
 
@@ -249,7 +250,7 @@ class Catalog:
 
         run = self._cache.get(("run", version), load)
         if run is None:
-            raise NotFoundError(f"unknown run {version!r}")
+            raise NotFound(f"unknown run {version!r}")
         return run
 
     def runs(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -259,7 +260,7 @@ class Catalog:
         for version in self.versions()[:limit]:
             try:
                 run = dict(self.run_summary(version))
-            except NotFoundError:
+            except NotFound:
                 continue
             run["is_champion"] = version == champ
             out.append(run)
@@ -269,29 +270,29 @@ class Catalog:
         safe_name(version)
         return self._cache.get(
             ("files", version),
-            lambda: {o.key.rsplit("/", 1)[-1]: o for o in self.store.list(registry.run_key(version))},
+            lambda: {o.key.rsplit("/", 1)[-1]: o for o in self.store.list(run_key(version))},
         )
 
     def run_detail(self, version: str) -> dict[str, Any]:
         """Everything a run page shows: record, metrics, metadata, configuration and its plots."""
         run = self.run_summary(version)
         files = self.run_files(version)
-        metadata = self._json(registry.run_key(version, "metadata.json")) or {}
-        listed = run.get("plots") or [f"{n}.png" for n in PLOT_NAMES]
+        metadata = self._json(run_key(version, METADATA_FILE)) or {}
+        listed = run.get("plots") or PLOT_FILES
         plots = []
         for name in listed:
             name = str(name).rsplit("/", 1)[-1]
             stem = name[:-4] if name.endswith(".png") else name
             if f"{stem}.png" in files:
-                key = registry.run_key(version, f"{stem}.png")
-                plots.append({"name": stem, "title": PLOT_TITLES.get(stem, stem), "key": key})
+                key = run_key(version, f"{stem}.png")
+                plots.append({"name": stem, "title": PLOTS.get(stem, stem), "key": key})
         return {
             "version": version,
             "run": run,
-            "metrics": self._json(registry.run_key(version, "metrics.json")) or {},
+            "metrics": self._json(run_key(version, METRICS_FILE)) or {},
             "metadata": {k: v for k, v in metadata.items() if k != "metrics"},
             "metadata_metrics": metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {},
-            "config": self._json(registry.run_key(version, "config.json")) or {},
+            "config": self._json(run_key(version, CONFIG_FILE)) or {},
             "plots": plots,
             "files": sorted(files),
             "is_champion": version == self.champion_version(),
@@ -301,22 +302,17 @@ class Catalog:
     def batch_ids(self) -> list[str]:
         def load() -> list[str]:
             ids = [d for d in self.store.list_dirs(SCORES) if SAFE_NAME.match(d)]
-            return [d for d in ids if self.store.exists(join(SCORES, d, "summary.json"))]
+            return [d for d in ids if self.store.exists(batch_key(d, SUMMARY_JSON))]
 
         return self._cache.get(("batches",), load)
 
     def batch_summary(self, batch_id: str) -> dict[str, Any]:
         safe_name(batch_id)
-        summary = self._json(join(SCORES, batch_id, "summary.json"))
+        summary = self._json(batch_key(batch_id, SUMMARY_JSON))
         if not isinstance(summary, dict):
-            raise NotFoundError(f"unknown batch {batch_id!r}")
+            raise NotFound(f"unknown batch {batch_id!r}")
         summary = dict(summary)
         summary.setdefault("batch_id", batch_id)
-        # The scoring flow names some totals differently across versions; show one set of names.
-        if summary.get("total") is None and summary.get("files") is not None:
-            summary["total"] = summary["files"]
-        if summary.get("elapsed_s") is None and summary.get("duration_s") is not None:
-            summary["elapsed_s"] = summary["duration_s"]
         return summary
 
     def batches(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -325,21 +321,21 @@ class Catalog:
         for batch_id in self.batch_ids():
             try:
                 out.append(self.batch_summary(batch_id))
-            except NotFoundError:
+            except NotFound:
                 continue
         out.sort(key=lambda s: (str(s.get("finished_at") or s.get("started_at") or ""), s["batch_id"]), reverse=True)
         return out[:limit]
 
     def _results_key(self, batch_id: str, summary: dict[str, Any]) -> tuple[str, str]:
         """The results object to read (JSON lines preferred, then CSV), kept inside ``scores/<id>/``."""
-        folder = join(SCORES, batch_id)
+        folder = batch_key(batch_id)
         declared = summary.get("results") if isinstance(summary.get("results"), dict) else {}
-        for kind in ("jsonl", "csv"):
+        for kind, default in RESULTS_FILES.items():
             candidates = []
             if declared.get(kind):
                 name = str(declared[kind])
-                candidates.append(name if "/" in name else join(folder, name))
-            candidates.append(join(folder, f"results.{kind}"))
+                candidates.append(name if "/" in name else batch_key(batch_id, name))
+            candidates.append(batch_key(batch_id, default))
             for key in candidates:
                 try:
                     key = clean_key(key)
@@ -347,7 +343,7 @@ class Catalog:
                     continue
                 if key.startswith(folder + "/") and self.store.exists(key):
                     return key, kind
-        raise NotFoundError(f"batch {batch_id!r} has no results file")
+        raise NotFound(f"batch {batch_id!r} has no results file")
 
     def results(self, batch_id: str) -> ResultTable:
         """The batch's parsed results, re-parsed only when the results object changed."""
@@ -377,7 +373,7 @@ class Catalog:
 
     # --- files ----------------------------------------------------------------------------------------
     def servable(self, key: str) -> tuple[str, str]:
-        """The cleaned key and content type of a file that may be served, else :class:`NotFoundError`.
+        """The cleaned key and content type of a file that may be served, else :class:`dfd.storage.NotFound`.
 
         Only objects under ``runs/`` or ``scores/`` with a known extension, no hidden name and inside the
         store (the local backend refuses symlinks that leave its root) are served.
@@ -385,24 +381,24 @@ class Catalog:
         try:
             key = clean_key(key)
         except StorageError:
-            raise NotFoundError("no such file") from None
+            raise NotFound("no such file") from None
         parts = key.split("/")
-        if len(parts) < 3 or parts[0] not in (registry.RUNS, SCORES):
-            raise NotFoundError("no such file")
+        if len(parts) < 3 or parts[0] not in (RUNS, SCORES):
+            raise NotFound("no such file")
         if any(p.startswith(".") for p in parts) or not all(SAFE_NAME.match(p) for p in parts[:2]):
-            raise NotFoundError("no such file")
+            raise NotFound("no such file")
         ext = "." + parts[-1].rsplit(".", 1)[-1].lower() if "." in parts[-1] else ""
         if ext not in SERVABLE:
-            raise NotFoundError("no such file")
+            raise NotFound("no such file")
         if not self.store.exists(key):
-            raise NotFoundError("no such file")
+            raise NotFound("no such file")
         return key, SERVABLE[ext]
 
     def read(self, key: str) -> bytes:
         try:
             return self.store.read_bytes(key)
         except StorageError:
-            raise NotFoundError("no such file") from None
+            raise NotFound("no such file") from None
 
 
 def iter_csv(table: ResultTable, indices: np.ndarray) -> Iterator[str]:

@@ -16,13 +16,15 @@ from typing import Any
 
 def parser(prog: str = "python -m app") -> argparse.ArgumentParser:
     """The viewer's options; each default is the environment variable's value, else the built-in one."""
+    from dfd.settings import ViewerSettings
+
+    v = ViewerSettings.from_env()
     p = argparse.ArgumentParser(prog=prog, description="Serve the deepfake viewer (waitress).", allow_abbrev=False)
-    p.add_argument("--host", default=os.environ.get("VIEWER_HOST", "127.0.0.1"),
-                   help="interface to bind; 0.0.0.0 only behind a proxy (default: $VIEWER_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("VIEWER_PORT", "8000")),
-                   help="port (default: $VIEWER_PORT or 8000)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("VIEWER_THREADS", "8")),
-                   help="waitress worker threads (default: $VIEWER_THREADS or 8)")
+    p.add_argument("--host", default=v.host,
+                   help=f"interface to bind; 0.0.0.0 only behind a proxy (default: $VIEWER_HOST or {v.host})")
+    p.add_argument("--port", type=int, default=v.port, help=f"port (default: $VIEWER_PORT or {v.port})")
+    p.add_argument("--threads", type=int, default=v.threads,
+                   help=f"waitress worker threads (default: $VIEWER_THREADS or {v.threads})")
     return p
 
 

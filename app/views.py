@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from flask import (
@@ -20,10 +21,14 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from app.catalog import LABELS, SORTS, Catalog, NotFoundError, ResultTable, iter_csv, safe_name
-from app.scoring import Busy, ModelHolder, NoModel, ThumbnailCache, Verdict, content_key
+from app.catalog import SORTS, Catalog, ResultTable, iter_csv, safe_name
+from app.champion import ModelHolder, NoModel, Verdict
+from app.config import open_config_store
+from app.gate import Busy
+from app.thumbnails import ThumbnailCache, content_key
 from dfd.imageio import ImageError, has_image_extension
-from dfd.storage import StorageError, Store, clean_key, open_store
+from dfd.layout import RESULT_LABELS, metric_rows
+from dfd.storage import NotFound, StorageError, Store, clean_key
 
 bp = Blueprint("viewer", __name__)
 
@@ -43,47 +48,6 @@ def wants_json() -> bool:
 
 
 # --- helpers shared by pages and API --------------------------------------------------------------------
-def metric_rows(metrics: dict[str, Any], fallback: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The metrics table: one row per metric, test and validation columns."""
-
-    def pick(split: dict[str, Any], *path: str) -> Any:
-        node: Any = split
-        for p in path:
-            if not isinstance(node, dict):
-                return None
-            node = node.get(p)
-        return node
-
-    test = metrics.get("test") or (fallback or {}).get("test") or {}
-    val = metrics.get("validation") or {}
-    spec = [
-        ("Accuracy", ("at_threshold", "accuracy"), ("accuracy",)),
-        ("Balanced accuracy", ("at_threshold", "balanced_accuracy"), ()),
-        ("ROC AUC", ("roc_auc",), ()),
-        ("Average precision (AP)", ("average_precision",), ()),
-        ("Equal error rate (EER)", ("eer",), ()),
-        ("Precision (deepfake)", ("at_threshold", "precision"), ()),
-        ("Recall (deepfake)", ("at_threshold", "recall"), ()),
-        ("F1", ("at_threshold", "f1"), ()),
-        ("Accuracy on real images", ("at_threshold", "per_class_accuracy", "real"), ()),
-        ("Accuracy on deepfakes", ("at_threshold", "per_class_accuracy", "deepfake"), ()),
-        ("Accuracy at 0.5", ("at_0.5", "accuracy"), ()),
-    ]
-    rows = []
-    for name, path, alt in spec:
-        t = pick(test, *path)
-        if t is None and alt:
-            t = pick(test, *alt)
-        v = pick(val, *path)
-        if t is None and v is None:
-            continue
-        rows.append({"name": name, "test": t, "validation": v})
-    n_test, n_val = test.get("n"), val.get("n")
-    if n_test is not None or n_val is not None:
-        rows.append({"name": "Images", "test": n_test, "validation": n_val, "count": True})
-    return rows
-
-
 def confusion(metrics: dict[str, Any]) -> list[list[int]] | None:
     cm = ((metrics.get("test") or {}).get("at_threshold") or {}).get("confusion_matrix")
     return cm if isinstance(cm, list) and len(cm) == 2 else None
@@ -98,7 +62,7 @@ def champion_view() -> dict[str, Any] | None:
     version = pointer.get("version")
     try:
         detail = cat.run_detail(str(version))
-    except NotFoundError:
+    except NotFound:
         return {"pointer": pointer, "version": version, "missing": True}
     metrics = detail["metrics"]
     metadata = detail["metadata"]
@@ -124,7 +88,7 @@ def plot_urls(detail: dict[str, Any]) -> list[dict[str, str]]:
 def batch_query() -> tuple[str, str, int, int]:
     """label, sort, offset, limit from the query string (pages use ``page``, the API ``offset``)."""
     label = request.args.get("label", "")
-    label = label if label in LABELS else ""
+    label = label if label in RESULT_LABELS else ""
     sort = request.args.get("sort", "file")
     sort = sort if sort in SORTS else "file"
     max_size = int(current_app.config["MAX_PAGE_SIZE"])
@@ -208,7 +172,7 @@ def classify_upload(explain: bool) -> Verdict:
     if keep:
         ext = name.rsplit(".", 1)[-1].lower() if has_image_extension(name) else "bin"
         digest = hashlib.sha256(data).hexdigest()
-        open_store(keep, cfg["S3_ENDPOINT_URL"] or None).write_bytes(f"{digest}.{ext}", data)
+        open_config_store(cfg, keep).write_bytes(f"{digest}.{ext}", data)
     return verdict
 
 
@@ -216,7 +180,7 @@ def source_store(url: str) -> Store:
     stores: dict[str, Store] = current_app.extensions["dfd_source_stores"]
     store = stores.get(url)
     if store is None:
-        store = open_store(url, current_app.config["S3_ENDPOINT_URL"] or None)
+        store = open_config_store(current_app.config, url)
         stores[url] = store
     return store
 
@@ -256,45 +220,57 @@ def batches_page():
     return render_template("batches.html", batches=catalog().batches())
 
 
-def _batch_view(batch_id: str):
-    """The batch's summary, its full table, the query (label, sort, offset, limit) and the selected rows;
-    shared by the page and the JSON API so they always agree."""
+@dataclass
+class BatchView:
+    """One page of a batch: its summary, its whole table, the query and the rows it selects."""
+
+    summary: dict[str, Any]
+    table: ResultTable
+    label: str
+    sort: str
+    offset: int
+    limit: int
+    total: int  # rows that match the label filter
+    rows: list[dict[str, Any]]
+
+
+def batch_view(batch_id: str) -> BatchView:
+    """The batch page's content for the query string; shared by the page and the JSON API so they agree."""
     cat = catalog()
     summary = cat.batch_summary(batch_id)
     table = cat.results(batch_id)
     label, sort, offset, limit = batch_query()
     total, rows = batch_rows(table, label, sort, offset, limit)
-    return summary, table, label, sort, offset, limit, total, rows
+    return BatchView(summary, table, label, sort, offset, limit, total, rows)
 
 
 @bp.get("/batches/<batch_id>")
 def batch_page(batch_id: str):
-    summary, table, label, sort, offset, limit, total, rows = _batch_view(batch_id)
-    page = offset // limit + 1
-    pages = max(1, -(-total // limit))
-    args = {k: v for k, v in (("label", label), ("sort", sort), ("per_page", limit)) if v}
+    v = batch_view(batch_id)
+    page = v.offset // v.limit + 1
+    pages = max(1, -(-v.total // v.limit))
+    args = {k: x for k, x in (("label", v.label), ("sort", v.sort), ("per_page", v.limit)) if x}
 
     def page_url(p: int) -> str:
         return url_for("viewer.batch_page", batch_id=batch_id, page=p, **args)
 
     return render_template(
         "batch.html",
-        s=summary,
-        rows=rows,
-        total=total,
-        all_rows=len(table),
-        counts=table.counts(),
-        label=label,
-        sort=sort,
+        s=v.summary,
+        rows=v.rows,
+        total=v.total,
+        all_rows=len(v.table),
+        counts=v.table.counts(),
+        label=v.label,
+        sort=v.sort,
         page=page,
         pages=pages,
-        offset=offset,
-        limit=limit,
+        offset=v.offset,
+        limit=v.limit,
         prev_url=page_url(page - 1) if page > 1 else None,
         next_url=page_url(page + 1) if page < pages else None,
         thumb_prefix=url_for("viewer.batch_page", batch_id=batch_id) + "/thumb/",  # one url_for, not 50
-        csv_url=url_for("viewer.batch_csv", batch_id=batch_id, **{k: v for k, v in args.items() if k != "per_page"}),
-        labels=LABELS,
+        csv_url=url_for("viewer.batch_csv", batch_id=batch_id, **{k: x for k, x in args.items() if k != "per_page"}),
     )
 
 
@@ -437,12 +413,12 @@ def api_batches():
 
 @bp.get("/api/batches/<batch_id>")
 def api_batch(batch_id: str):
-    summary, _, label, sort, offset, limit, total, rows = _batch_view(batch_id)
-    for row in rows:
+    v = batch_view(batch_id)
+    for row in v.rows:
         row.pop("index", None)
     return jsonify(json_safe({
-        "summary": summary, "label": label or None, "sort": sort, "total": total, "offset": offset,
-        "limit": limit, "rows": rows,
+        "summary": v.summary, "label": v.label or None, "sort": v.sort, "total": v.total, "offset": v.offset,
+        "limit": v.limit, "rows": v.rows,
     }))
 
 
@@ -453,8 +429,9 @@ def api_predict():
 
 
 # --- errors ---------------------------------------------------------------------------------------------
-@bp.app_errorhandler(NotFoundError)
-def not_found_error(exc: NotFoundError):
+@bp.app_errorhandler(NotFound)
+def not_found_error(exc: NotFound):
+    """What was asked for is not in the store (or may not be served): 404, before the 503 of other errors."""
     return _error(404, str(exc))
 
 

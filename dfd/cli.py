@@ -121,7 +121,7 @@ def check_retrain_inputs(settings: Settings) -> None:
             open_store(url)  # refuses an unsupported URL scheme
     if settings.data_url.startswith("s3://"):
         return
-    store = open_store(settings.data_url)
+    store = settings.store(settings.data_url)
     optional = ("df",) if settings.synthetic_fakes > 0 else ()
     found, skipped = data.discover(store, optional=optional)
     counts = Counter(label for _, label in found)
@@ -191,19 +191,17 @@ def check_score_inputs(args: argparse.Namespace, settings: Settings) -> None:
     from dfd.registry import resolve_version
     from dfd.scoring import ScoringError, check_source
 
-    endpoint = settings.s3_endpoint_url or None
     if args.inbox:
-        inbox = open_store(settings.inbox_url, endpoint)
-        local = inbox.local_path("")
-        if local is not None and not local.is_dir():
+        inbox = settings.store(settings.inbox_url)
+        if inbox.folder_problem(""):
             raise ScoringError(f"inbox folder {inbox.url} does not exist")
         return
-    check_source(open_store(args.path, endpoint), marker=settings.ready_marker)
-    resolve_version(open_store(settings.artifacts_url, endpoint), args.model_version)
+    check_source(settings.store(args.path), marker=settings.ready_marker)
+    resolve_version(settings.store(settings.artifacts_url), args.model_version)
 
 
 def score(argv: list[str] | None = None) -> int:
-    """``dfd-score``: check the folder and the model, then run the ``score-batch`` flow once.
+    """``dfd-score``: check the folder and the model, then run the ``score-folder`` (or ``score-inbox``) flow once.
 
     Exit status 0 when scored, 2 for a user's error (options, folder, model), 1 for a failed run."""
     parser = score_parser()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
+from dfd import promotion
 from dfd.imageio import decode_image
 from dfd.predict import Predictor
 from dfd.storage import Store
@@ -180,3 +182,35 @@ def split_auc_interval(entries: Sequence[Entry], scores: np.ndarray, seed: int =
     low, high = auc_interval(y, scores, groups, seed=seed)
     return {"auc": auc(y, scores) if len(set(y.tolist())) == 2 else float("nan"),
             "low": low, "high": high, "groups": len(set(groups))}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A saved model measured on validation and test: calibration, threshold, metrics and the quality floor."""
+
+    temperature: float
+    threshold: float
+    test_scores: np.ndarray  # calibrated, one per test entry
+    test: dict[str, Any]
+    validation: dict[str, Any]
+    test_uncalibrated_ece: float
+    quality_floor: dict[str, Any]
+
+
+def assess(val: Sequence[Entry], raw_val: np.ndarray, test: Sequence[Entry], raw_test: np.ndarray, *, seed: int,
+           min_auc: float) -> Assessment:
+    """Calibrate on validation (temperature, then the threshold), measure both splits at that threshold and
+    judge the quality floor (see :mod:`dfd.promotion`) from the ``raw_*`` model scores of ``val`` and ``test``.
+
+    A diverged model outputs NaN; scored as 0.5 (no opinion) it is measured, and refused, like any dud."""
+    raw_val, raw_test = (np.nan_to_num(raw, nan=0.5) for raw in (raw_val, raw_test))
+    y_val, y_test = np.array([e.y for e in val]), np.array([e.y for e in test])
+    temperature = fit_temperature(y_val, raw_val)
+    s_val, s_test = apply_temperature(raw_val, temperature), apply_temperature(raw_test, temperature)
+    threshold = choose_threshold(y_val, s_val)
+    intervals = {name: split_auc_interval(entries, scores, seed)
+                 for name, entries, scores in (("validation", val, s_val), ("test", test, s_test))}
+    return Assessment(temperature=temperature, threshold=threshold, test_scores=s_test,
+                      test=metrics(y_test, s_test, threshold), validation=metrics(y_val, s_val, threshold),
+                      test_uncalibrated_ece=expected_calibration_error(y_test, raw_test),
+                      quality_floor=promotion.quality_floor(intervals, min_auc))

@@ -10,9 +10,7 @@ the error quotes) before decoding any pixels.
 from __future__ import annotations
 
 import io
-import os
 import re
-import stat as stat_module
 import warnings
 from dataclasses import dataclass
 from struct import error as struct_error  # raised by some truncated TIFF/BMP files
@@ -20,7 +18,7 @@ from struct import error as struct_error  # raised by some truncated TIFF/BMP fi
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dfd.storage import ObjectInfo, StorageError, Store
+from dfd.storage import NotAFile, ObjectInfo, StorageError, Store, TooLarge
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # The only decoders Pillow may pick (JPEG includes camera JPEGs with a second picture, MPO). Any other format
@@ -117,34 +115,17 @@ def read_input(store: Store, obj: ObjectInfo, max_bytes: int) -> bytes:
     if obj.size > max_bytes:
         raise ImageError("file too large", f"{obj.size:,} bytes is over the limit of {max_bytes:,}")
     try:
-        fd = store.open_local(obj.key)
-        if fd is None:
-            return store.read_bytes(obj.key)
+        return store.read_limited(obj.key, max_bytes)
+    except TooLarge as exc:
+        raise ImageError("file too large", str(exc)) from None
+    except NotAFile:
+        raise ImageError("unreadable", "not a regular file") from None
     except StorageError as exc:
         raise ImageError("unreadable", _storage_reason(exc)) from None
     except FileNotFoundError:  # listed a moment ago: as a remote store says it (NotFound, above)
         raise ImageError("unreadable", "vanished while being read") from None
     except OSError as exc:
         raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
-    return _read_regular_file(fd, max_bytes)
-
-
-def _read_regular_file(fd: int, max_bytes: int) -> bytes:
-    """Read an open local file (and close it) once it is known to be a regular file under the size limit.
-    Checking the descriptor rather than the path leaves no gap for the file to be swapped in between."""
-    with open(fd, "rb", closefd=True) as f:
-        try:
-            st = os.fstat(fd)
-            if not stat_module.S_ISREG(st.st_mode):
-                raise ImageError("unreadable", "not a regular file")
-            if st.st_size > max_bytes:
-                raise ImageError("file too large", f"{st.st_size:,} bytes is over the limit of {max_bytes:,}")
-            data = f.read()  # not read(max_bytes + 1): that allocates the whole limit for every file
-        except OSError as exc:
-            raise ImageError("unreadable", (exc.strerror or str(exc)).lower()) from None
-    if len(data) > max_bytes:
-        raise ImageError("file too large", f"it grew past the limit of {max_bytes:,} bytes while being read")
-    return data
 
 
 def _storage_reason(exc: Exception) -> str:

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from dfd.scoring import SUMMARY_JSON, Scan, batch_id_for, results_prefix, scan_folder
+from dfd.layout import SUMMARY_JSON
+from dfd.scoring import Scan, batch_id_for, results_prefix, scan_folder
 from dfd.storage import NotFound, StorageError, Store, join
 
 
 @dataclass
 class FolderState:
+    """An inbox folder as one poll saw it: whether it is complete and due, why, and its listing (``scan``),
+    which the scoring of a due folder uses as it is rather than listing the folder again."""
+
     name: str
     url: str
     batch_id: str
@@ -32,6 +37,10 @@ class FolderState:
     reason: str
     files: int
     scan: Scan
+
+    def table_row(self) -> dict[str, Any]:
+        """The folder's line in the inbox table: name, ready, due, reason, files."""
+        return {"name": self.name, "ready": self.ready, "due": self.due, "reason": self.reason, "files": self.files}
 
 
 def folder_state(

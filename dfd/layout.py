@@ -28,6 +28,7 @@ TEST_SCORES_FILE = "test_scores.csv"
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "config.json"
 SPLIT_MANIFEST = "split_manifest.csv"
+SYNTHETIC_MANIFEST = "synthetic_manifest.csv"  # augmented copies and synthetic fakes in use
 QUARANTINE_FILE = "quarantine.json"
 
 # --- plots: file stem -> title, in the order they are drawn and shown ------------------------------------------

@@ -21,11 +21,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
+from dfd.layout import METADATA_FILE, MODEL_FILE  # noqa: E402 - the saved model's files, importable from here too
 from dfd.preprocess import InputSpec, choose_crop_size, make_spec  # noqa: E402
 
 CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake)
-MODEL_FILE = "model.keras"
-METADATA_FILE = "metadata.json"
 
 ARCHITECTURES = ("patchnet", "seed-cnn", "efficientnet-b0")
 

@@ -1,8 +1,12 @@
 """Publish-plot stage: the seed's acc, cm, roc and auc plots, plus loss, precision-recall, a per-class
-score histogram and a reliability diagram, drawn with matplotlib's Agg backend into the run's folder."""
+score histogram and a reliability diagram, drawn with matplotlib's Agg backend into the run's folder.
+
+Which plots exist, their file names and their order come from :data:`dfd.layout.PLOTS`; this module draws
+each of them (the titles drawn inside the images are more specific than the viewer's captions)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -12,16 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-PLOT_FILES = ["acc.png", "loss.png", "auc.png", "cm.png", "roc.png", "pr.png", "hist.png", "reliability.png"]
+from dfd.layout import PLOT_FILES, PLOTS  # noqa: E402
+
+History = dict[str, list[float]]
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _curve(history: dict[str, list[float]], key: str, title: str, ylabel: str, path: Path) -> None:
+def _curve(history: History, key: str, title: str, ylabel: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, style in ((key, "-o"), (f"val_{key}", "-s")):
         values = history.get(name, [])
@@ -32,20 +32,10 @@ def _curve(history: dict[str, list[float]], key: str, title: str, ylabel: str, p
     if ax.lines:
         ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    return fig
 
 
-def write_plots(folder: str | Path, history: dict[str, list[float]], y: np.ndarray, s: np.ndarray,
-                threshold: float) -> list[str]:
-    """Write every plot for a run's test scores and training history; returns the file names."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    y = np.asarray(y).astype(int)
-    s = np.asarray(s, dtype=np.float64)
-    _curve(history, "accuracy", "Accuracy per epoch", "accuracy", folder / "acc.png")
-    _curve(history, "loss", "Loss per epoch", "binary cross-entropy", folder / "loss.png")
-    _curve(history, "auc", "ROC AUC per epoch", "AUC", folder / "auc.png")
-
+def _confusion(y: np.ndarray, s: np.ndarray, threshold: float) -> plt.Figure:
     pred = (s >= threshold).astype(int)
     cm = np.array([[np.sum((y == a) & (pred == b)) for b in (0, 1)] for a in (0, 1)])
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
@@ -54,27 +44,36 @@ def write_plots(folder: str | Path, history: dict[str, list[float]], y: np.ndarr
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax.set(title=f"Confusion matrix (threshold {threshold:.3f})", xlabel="predicted", ylabel="true",
            xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "deepfake"], yticklabels=["real", "deepfake"])
-    _save(fig, folder / "cm.png")
+    return fig
 
-    both = len(np.unique(y)) == 2
+
+def _both(y: np.ndarray) -> bool:
+    return len(np.unique(y)) == 2
+
+
+def _roc(y: np.ndarray, s: np.ndarray) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    if both:
+    if _both(y):
         fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, label="model")
     ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
     ax.set(title="ROC curve (test)", xlabel="false positive rate", ylabel="true positive rate")
     ax.legend(loc="lower right")
-    _save(fig, folder / "roc.png")
+    return fig
 
+
+def _precision_recall(y: np.ndarray, s: np.ndarray) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    if both:
+    if _both(y):
         precision, recall, _ = precision_recall_curve(y, s)
         ax.plot(recall, precision)
         ax.axhline(y.mean(), ls="--", color="grey", label="chance")
         ax.legend(loc="lower left")
     ax.set(title="Precision-recall (test, deepfake = positive)", xlabel="recall", ylabel="precision")
-    _save(fig, folder / "pr.png")
+    return fig
 
+
+def _histogram(y: np.ndarray, s: np.ndarray, threshold: float) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     bins = np.linspace(0, 1, 26)
     for cls, name in ((0, "real"), (1, "deepfake")):
@@ -83,8 +82,10 @@ def write_plots(folder: str | Path, history: dict[str, list[float]], y: np.ndarr
     ax.axvline(threshold, color="black", ls="--", label="threshold")
     ax.set(title="Fake-probability by true class (test)", xlabel="fake probability", ylabel="images")
     ax.legend()
-    _save(fig, folder / "hist.png")
+    return fig
 
+
+def _reliability(y: np.ndarray, s: np.ndarray) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(4.5, 4))
     edges = np.linspace(0, 1, 11)
     idx = np.clip(np.digitize(s, edges[1:-1]), 0, 9)
@@ -94,5 +95,32 @@ def write_plots(folder: str | Path, history: dict[str, list[float]], y: np.ndarr
     ax.plot(xs, ys, "-o", label="model")
     ax.set(title="Reliability (test)", xlabel="mean predicted fake probability", ylabel="observed fake share")
     ax.legend(loc="upper left")
-    _save(fig, folder / "reliability.png")
+    return fig
+
+
+# One drawing per stem of dfd.layout.PLOTS: (history, y, scores, threshold) -> figure.
+DRAW: dict[str, Callable[[History, np.ndarray, np.ndarray, float], plt.Figure]] = {
+    "acc": lambda h, y, s, t: _curve(h, "accuracy", "Accuracy per epoch", "accuracy"),
+    "loss": lambda h, y, s, t: _curve(h, "loss", "Loss per epoch", "binary cross-entropy"),
+    "auc": lambda h, y, s, t: _curve(h, "auc", "ROC AUC per epoch", "AUC"),
+    "cm": lambda h, y, s, t: _confusion(y, s, t),
+    "roc": lambda h, y, s, t: _roc(y, s),
+    "pr": lambda h, y, s, t: _precision_recall(y, s),
+    "hist": lambda h, y, s, t: _histogram(y, s, t),
+    "reliability": lambda h, y, s, t: _reliability(y, s),
+}
+
+
+def write_plots(folder: str | Path, history: History, y: np.ndarray, s: np.ndarray, threshold: float) -> list[str]:
+    """Write every plot of :data:`dfd.layout.PLOTS` for a run's test scores and training history; returns the
+    file names (:data:`dfd.layout.PLOT_FILES`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    y = np.asarray(y).astype(int)
+    s = np.asarray(s, dtype=np.float64)
+    for stem, name in zip(PLOTS, PLOT_FILES, strict=True):
+        fig = DRAW[stem](history, y, s, threshold)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=90)
+        plt.close(fig)
     return list(PLOT_FILES)

@@ -6,18 +6,22 @@ The score of an image is the mean of the model's P(deepfake) over the image's vi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dfd.imageio import DEFAULT_MAX_PIXELS, decode_image
+from dfd.imageio import DEFAULT_MAX_PIXELS
 from dfd.preprocess import eval_views
+
+if TYPE_CHECKING:
+    from dfd.storage import Store
 
 
 class Predictor:
-    """A loaded model plus its metadata; turns pixels or file bytes into fake probabilities."""
+    """A loaded model plus its metadata; turns decoded pixels into fake probabilities."""
 
     def __init__(self, model: Any, metadata: dict[str, Any]):
         self.model = model
@@ -74,13 +78,32 @@ class Predictor:
             out.append(self.score_views(np.concatenate([self.views(p) for p in chunk])))
         return np.concatenate(out) if out else np.zeros(0)
 
-    def score_bytes(self, data: bytes) -> float:
-        """Score one file's bytes (raises :class:`dfd.imageio.ImageError` if it is not a usable image)."""
-        decoded = decode_image(data, self.max_pixels)
-        return float(self.score_pixels([decoded.pixels])[0])
-
     def label(self, score: float) -> str:
         return "deepfake" if score >= self.threshold else "real"
+
+
+_LOADED: dict[tuple[str, str], Predictor] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load_published(store: Store, version: str, cache_dir: str | Path) -> Predictor:
+    """The predictor of the published ``version`` in the artifact store ``store``, loaded once per process.
+
+    The one model cache of the process, shared by batch scoring and the viewer. It keeps only the model
+    asked for last (a model takes hundreds of MB); ``cache_dir`` holds downloads from a remote store.
+    Raises :class:`dfd.registry.RegistryError` for an unknown or incomplete version.
+    """
+    from dfd.registry import fetch_model_dir
+
+    key = (store.url, version)
+    with _LOAD_LOCK:
+        predictor = _LOADED.get(key)
+        if predictor is None:
+            predictor = Predictor.from_folder(fetch_model_dir(store, version, cache_dir))
+            predictor.version = version
+            _LOADED.clear()
+            _LOADED[key] = predictor
+        return predictor
 
 
 def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:

@@ -101,6 +101,50 @@ def train_view(pixels: np.ndarray, spec: InputSpec, rng: np.random.Generator) ->
     return np.ascontiguousarray(view)
 
 
+def tile_corners(h: int, w: int, size: int, max_tiles: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Top-left corners of overlapping size x size tiles (stride size/2) covering an image, and the image
+    size (height, width) to tile: the original when it fits, grown so its short side is ``size`` when it
+    is smaller, shrunk when more than ``max_tiles`` tiles would be needed."""
+    scale = max(1.0, size / max(1, min(h, w)))
+    stride = max(1, size // 2)
+    while True:
+        hh, ww = max(size, round(h * scale)), max(size, round(w * scale))
+        ys = list(range(0, hh - size + 1, stride))
+        xs = list(range(0, ww - size + 1, stride))
+        if ys[-1] != hh - size:
+            ys.append(hh - size)
+        if xs[-1] != ww - size:
+            xs.append(ww - size)
+        if len(ys) * len(xs) <= max_tiles or scale < 0.02:
+            return [(y, x) for y in ys for x in xs], hh, ww
+        scale *= 0.8
+
+
+Box = tuple[int, int, int, int]  # (y, x, height, width)
+
+
+def cover_views(pixels: np.ndarray, spec: InputSpec, max_views: int = 64, views: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list[Box], tuple[int, int]]:
+    """Views that together cover the image, for explaining its score, and where each one lies.
+
+    Returns the views (N, S, S, 3), each view's box in a frame, and the frame's (height, width). A resize
+    model sees the image as one view (its scoring view; ``views[:1]`` when the caller already cut those from
+    a larger copy of the image), whose box is the whole frame, the image itself. A crop model sees
+    overlapping native-resolution tiles (:func:`tile_corners`); the frame is the image grown or shrunk to
+    what was tiled, so at most ``max_views`` views are cut.
+    """
+    h, w = pixels.shape[:2]
+    if spec["mode"] == "resize":
+        return (eval_views(pixels, spec) if views is None else views[:1]), [(0, 0, h, w)], (h, w)
+    size = int(spec["size"])
+    corners, hh, ww = tile_corners(h, w, size, max_views)
+    work = pixels
+    if (hh, ww) != (h, w):
+        work = np.asarray(Image.fromarray(pixels).resize((ww, hh), Image.Resampling.BILINEAR))
+    tiles = np.stack([work[y : y + size, x : x + size] for y, x in corners])
+    return tiles, [(y, x, size, size) for y, x in corners], (hh, ww)
+
+
 def center_view(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     """The single central view (used to monitor validation during training)."""
     return eval_views(pixels, {**spec, "crops": 1})[0]

@@ -8,13 +8,21 @@ flatters: early stopping picked the epoch that scored best on it. ``min_auc = 0`
 plumbing tests on data too small to show anything; never for production).
 
 Champion comparison: the candidate wins when its test AUC is at least the champion's, re-scored on the same
-test images, minus ``promotion_tolerance``.
+test images, minus ``promotion_tolerance`` (:func:`decide`).
+
+The switch of the champion pointer is a compare-and-swap (:func:`promote`): it succeeds only if the champion
+is still the one the decision was made against; if another run promoted meanwhile, the loser re-reads the
+champion, re-scores it and decides again.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from dfd import registry
+from dfd.storage import Conflict, Store
 
 NO_SIGNAL = "no better than chance"
 
@@ -48,3 +56,52 @@ def versus_champion(candidate_auc: float, champion: str, champion_auc: float, to
     verb = "not worse than" if promoted else "worse than"
     return promoted, (f"test AUC {candidate_auc:.4f} is {verb} champion {champion}'s {champion_auc:.4f} "
                       f"on the same {n_test} test images (tolerance {tolerance})")
+
+
+class Decision(NamedTuple):
+    """Whether the candidate becomes champion, and why."""
+
+    promoted: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        """``promoted`` or ``rejected``, as the run record says it."""
+        return "promoted" if self.promoted else "rejected"
+
+
+def decide(candidate_auc: float, champion: tuple[str, float] | None, tolerance: float, n_test: int,
+           floor: dict[str, Any]) -> Decision:
+    """The promotion rule: a candidate below the quality ``floor`` (:func:`quality_floor`'s verdict) is
+    rejected; otherwise it wins when there is no champion, or when its test AUC is not worse than
+    ``champion = (version, AUC on the same n_test test images)`` by more than ``tolerance``."""
+    if not floor["passed"]:
+        return Decision(False, floor["reason"])
+    if champion is None:
+        return Decision(True, "no champion yet")
+    return Decision(*versus_champion(candidate_auc, champion[0], champion[1], tolerance, n_test))
+
+
+def promote(store: Store, candidate: str, candidate_auc: float, *, floor: dict[str, Any], tolerance: float,
+            n_test: int, champion_auc: Callable[[str], float], attempts: int = 3,
+            on_conflict: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Decide on ``candidate`` against the champion of ``store`` and, if it wins, make it champion.
+
+    ``champion_auc(version)`` scores a champion on the candidate's test images (only called when the floor is
+    cleared). The pointer switch is conditional on the champion read before deciding; when another promotion
+    won the race (:class:`dfd.storage.Conflict`), ``on_conflict`` is called and the decision is made again
+    against the new champion, at most ``attempts`` times. Returns the run record's decision fields."""
+    for _ in range(attempts):
+        champion = registry.champion_version(store)
+        auc = champion_auc(champion) if champion is not None and floor["passed"] else None
+        decision = decide(candidate_auc, None if auc is None else (champion, auc), tolerance, n_test, floor)
+        outcome = {"decision": decision.label, "reason": decision.reason, "champion_before": champion,
+                   "champion_auc_on_same_test": auc}
+        if not decision.promoted:
+            return outcome
+        try:
+            registry.set_champion(store, candidate, reason=decision.reason, expected=champion)
+            return outcome
+        except Conflict:
+            on_conflict()
+    raise Conflict("the champion kept changing; giving up (the champion is untouched by this run)")

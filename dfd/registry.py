@@ -25,12 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dfd.storage import Conflict, NotFound, StorageError, Store, join, open_store
-
-RUNS = "runs"
-CHAMPION = "champion.json"
-COMPLETE = "_COMPLETE"
-RUN_RECORD = "run.json"
+from dfd.layout import CHAMPION, COMPLETE, METADATA_FILE, MODEL_FILE, RUN_RECORD, RUNS, run_key
+from dfd.storage import Conflict, NotFound, StorageError, Store
 
 
 class RegistryError(RuntimeError):
@@ -41,10 +37,6 @@ def new_version(fingerprint: str, now: datetime | None = None) -> str:
     """A sortable, unique-enough version id: UTC time plus the first 6 hex digits of the data fingerprint."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%d-%H%M%S}-{fingerprint[:6]}"
-
-
-def run_key(version: str, name: str = "") -> str:
-    return join(RUNS, version, name)
 
 
 def publish_run(store: Store, version: str, local_dir: str | Path) -> dict[str, Any]:
@@ -192,17 +184,10 @@ def rollback(store: Store, to: str | None = None) -> dict:
 
 def fetch_model_dir(store: Store, version: str, cache_dir: str | Path) -> Path:
     """A local folder holding the version's model and metadata (the store's own folder when it is local,
-    else a cached download that is reused while the published files are unchanged)."""
+    else a download into ``<cache_dir>/models/<version>``, reused: a published version never changes)."""
     if not is_complete(store, version):
         raise RegistryError(f"unknown or incomplete version {version!r}")
-    local = store.local_path(run_key(version))
-    if local is not None:
-        return local
-    target = Path(cache_dir) / "models" / version
-    if not (target / "metadata.json").is_file():
-        for name in ("model.keras", "metadata.json"):
-            store.download_file(run_key(version, name), target / name)
-    return target
+    return store.local_folder(run_key(version), (MODEL_FILE, METADATA_FILE), Path(cache_dir) / "models" / version)
 
 
 def resolve_version(store: Store, version: str | None) -> str:
@@ -244,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--to", help="version to roll back to (default: the previous champion)")
     args = parser.parse_args(argv)
     settings = Settings.from_env(artifacts_url=args.artifacts)
-    store = open_store(settings.artifacts_url, settings.s3_endpoint_url or None)
+    store = settings.store(settings.artifacts_url)
     try:
         if args.cmd == "list":
             champ = champion_version(store)

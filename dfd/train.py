@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -356,9 +355,3 @@ def _is_number(value: str | None) -> bool:
         return True
     except ValueError:
         return False
-
-
-def training_key(fingerprint: str, config: dict[str, Any]) -> str:
-    """A key for the resumable work folder: same data and same settings resume the same training."""
-    blob = json.dumps({"fp": fingerprint, **config}, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # python -m flows.retrain: arguments and inputs are checked before Prefect is imported
@@ -47,19 +45,6 @@ def _run_name() -> str:
     return " ".join(bits)
 
 
-def _rename_run(name: str) -> None:
-    """Give the running flow a readable name once the data fingerprint is known (best effort)."""
-    try:
-        from prefect.client.orchestration import get_client
-
-        run_id = flow_run.id
-        if run_id:
-            with get_client(sync_client=True) as client:
-                client.update_flow_run(run_id, name=name)
-    except Exception as exc:  # noqa: BLE001 - a name is cosmetic; never fail the run for it
-        get_run_logger().debug("could not rename the flow run: %s", exc)
-
-
 @flow(name="retrain", flow_run_name=_run_name, log_prints=True, on_failure=[flow_failure_hook],
       on_crashed=[flow_failure_hook])
 def retrain(
@@ -89,7 +74,7 @@ def retrain(
     and model settings equal the last successful run's finishes at once with decision ``unchanged``.
     """
     log = get_run_logger()
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = t.now_utc()
     settings = Settings.from_env(
         data_url=data_url, artifacts_url=artifacts_url, synthetic_url=synthetic_url, arch=arch, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, crop_size=crop_size,
@@ -97,69 +82,28 @@ def retrain(
         robust_aug=robust_aug, synthetic_fakes=synthetic_fakes, face_crop=face_crop, scale_aug=scale_aug,
         group_by=group_by, min_auc=min_auc,
     )
-    s = settings.public_dict()
-    s["webhook_url"] = settings.webhook_url
-    t.reconcile_registry(s)
+    t.reconcile_registry(settings)
     log.info("stage 1/6: validate data (%s)", settings.data_url)
-    validated = t.validate_data(s)
-    _rename_run(f"retrain {started[:10]} data={validated['fingerprint'][:8]}{' forced' if force else ''}")
-    previous = t.last_successful_run(settings.artifacts_url, settings.s3_endpoint_url or None) or {}
-    changed = t.changed_settings(previous.get("model_settings"), settings.model_settings())
-    if previous.get("data_fingerprint") == validated["fingerprint"] and not changed and not force:
-        shutil.rmtree(validated["run_dir"], ignore_errors=True)
-        _rename_run(f"retrain {started[:10]} data={validated['fingerprint'][:8]} unchanged")
-        log.info("data and model settings unchanged since the last successful run %s (fingerprint %s): nothing "
-                 "to do; pass force=true to retrain anyway", previous.get("version"), validated["fingerprint"][:12])
-        return {"decision": "unchanged", "data_fingerprint": validated["fingerprint"], "version": None,
-                "reason": "data fingerprint and model settings unchanged since the last successful run"}
-    if previous.get("data_fingerprint") == validated["fingerprint"] and changed:
-        log.info("data unchanged, but model settings changed since run %s: %s", previous.get("version"),
-                 "; ".join(changed))
-    Path(validated["run_dir"], "config.json").write_text(
-        json.dumps({**settings.public_dict(), "force": force}, indent=2))
+    validated = t.validate_data(settings)
+    unchanged = t.check_changes(settings, validated, started, force)
+    if unchanged:
+        return unchanged
     log.info("stage 2/6: augment the training split")
-    synthetic = t.augment_data(s, validated)
+    synthetic = t.augment_data(settings, validated)
     log.info("stage 3/6: train %s", settings.arch)
-    trained = t.train_model(s, validated, synthetic)
+    trained = t.train_model(settings, validated, synthetic)
     log.info("stage 4/6: evaluate on the held-out test split")
-    evaluated = t.evaluate_model(s, validated, trained)
+    evaluated = t.evaluate_model(settings, validated, trained)
     log.info("stage 5/6: publish plots")
-    plot_files = t.publish_plots(s, validated, evaluated)
+    plot_files = t.publish_plots(settings, validated, evaluated)
     log.info("stage 6/6: publish the run and decide on promotion")
-    published = t.publish_run(s, validated)
-    decision = t.promote(s, validated, evaluated)
-    counts = validated["counts"]
-    record = {
-        "version": validated["version"],
-        "started_at": started,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data_url": settings.data_url,
-        "data_fingerprint": validated["fingerprint"],
-        "data_counts": {**counts, "quarantined": validated["quarantined"], "synthetic": synthetic["count"],
-                        "groups": validated["groups_per_split"]},
-        "arch": settings.arch,
-        "model_settings": settings.model_settings(),
-        "test_auc": evaluated["test_auc"],
-        "test_ap": evaluated["test_ap"],
-        "test_accuracy": evaluated["test_accuracy"],
-        "threshold": evaluated["threshold"],
-        "temperature": evaluated["temperature"],
-        "epochs_run": trained["epochs_run"],
-        "train_seconds": trained["train_seconds"],
-        "train_attempts": len(trained["attempts"]),
-        "no_signal": trained["no_signal"],
-        "quality_floor_passed": evaluated["floor_passed"],
-        "demo_data": validated["demo_data"],
-        "reals_only": validated.get("reals_only", False),
-        "plots": plot_files,
-        "where": published["where"],
-        **decision,
-    }
-    t.record_run(s, record)
+    published = t.publish_run(settings, validated)
+    decision = t.promote(settings, validated, evaluated)
+    record = t.record_run(settings, started, validated, synthetic, trained, evaluated, plot_files, published,
+                          decision)
     if record["decision"] == "rejected":
         notify(settings.webhook_url, f"retrain: challenger {record['version']} rejected: {record['reason']}",
                version=record["version"], test_auc=record["test_auc"], champion=record["champion_before"])
-    shutil.rmtree(validated["run_dir"], ignore_errors=True)
     if validated["demo_data"]:
         log.warning("NOTE: %s", DEMO_NOTE)
     return record

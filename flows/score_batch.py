@@ -1,15 +1,17 @@
-"""The ``score-batch`` flow: classify every image of a folder (or of every ready inbox folder).
+"""The batch-scoring flows: ``score-folder`` classifies every image of one folder, ``score-inbox`` every ready
+inbox folder (each one as ``score-folder`` does it, with the listing the inbox poll already made).
 
 Command line (also installed as ``dfd-score``)::
 
-    python -m flows.score_batch PATH [--model-version V] [--batch-size N]
-    python -m flows.score_batch --inbox [--inbox-url URL] [--quiet-seconds S]
+    python -m flows.score_batch PATH [--model-version V] [--batch-size N]        # the score-folder flow
+    python -m flows.score_batch --inbox [--inbox-url URL] [--quiet-seconds S]    # the score-inbox flow
 
 ``PATH`` is a local folder or ``s3://bucket/prefix``. Results go to ``<ARTIFACTS_URL>/scores/<batch-id>/``
 (``results.csv``, ``results.jsonl``, ``summary.json``; see :mod:`dfd.scoring`). A missing folder, an empty
 folder or a missing champion model end with a one-line ``error: ...`` and exit status 2; a failure during
 the run exits with 1. The command line is :func:`dfd.cli.score`: options, folder and model are checked
-before Prefect is even imported.
+before Prefect is even imported. ``score-batch`` (:func:`score_batch`) is the entry point the ``score-inbox``
+deployment names in prefect.yaml (``inbox: true``): it runs one of the two flows' recipes in its own run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ if __name__ == "__main__":  # python -m flows.score_batch: arguments and inputs 
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 
+from dfd.inbox import FolderState  # noqa: E402
 from dfd.notify import flow_failure_hook, notify  # noqa: E402
 from dfd.registry import RegistryError  # noqa: E402
 from dfd.scoring import ScoringError, format_summary  # noqa: E402
@@ -40,15 +44,26 @@ from tasks.scoring import (  # noqa: E402
     score_folder_task,
 )
 
+# Every scoring flow reports a failed or crashed run to the webhook (off unless configured).
+_HOOKS: dict[str, Any] = {"on_failure": [flow_failure_hook], "on_crashed": [flow_failure_hook]}
 
-def _run_name() -> str:
-    """A readable run name for Prefect's UI, e.g. ``score inbox 2026-11-24 02:05``."""
-    params = flow_run.parameters or {}
-    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
-    if params.get("inbox"):
-        return f"score inbox {when}"
-    path = str(params.get("path") or "?").rstrip("/")
-    return f"score {path.rsplit('/', 1)[-1] or path} {when}"
+
+def _when() -> str:
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+
+
+def _folder_run_name() -> str:
+    """A readable run name for Prefect's UI, e.g. ``score batch-7 2026-11-24 02:05``."""
+    path = str((flow_run.parameters or {}).get("path") or "?").rstrip("/")
+    return f"score {path.rsplit('/', 1)[-1] or path} {_when()}"
+
+
+def _inbox_run_name() -> str:
+    return f"score inbox {_when()}"
+
+
+def _batch_run_name() -> str:
+    return _inbox_run_name() if (flow_run.parameters or {}).get("inbox") else _folder_run_name()
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -64,7 +79,73 @@ def _notify_unreadable(settings: Settings, summary: dict[str, Any]) -> None:
                source=summary.get("source"), reasons=summary.get("errors_by_reason"))
 
 
-@flow(name="score-batch", flow_run_name=_run_name, on_failure=[flow_failure_hook], on_crashed=[flow_failure_hook])
+def _score_and_publish(url: str, settings: Settings, model_version: str | None,
+                       state: FolderState | None = None) -> dict[str, Any]:
+    """Score one folder, publish its summary as an artifact, tell the webhook about unreadable files: the
+    recipe of ``score-folder``, run by ``score-inbox`` for each due folder with the poll's ``state`` (its batch
+    id and listing: the folder is not listed again)."""
+    if state is None:
+        summary = score_folder_task(url, settings, model_version)
+    else:  # quote: Prefect passes the listing on as it is, without walking its (many) entries
+        summary = score_folder_task(url, settings, model_version, batch_id=state.batch_id, scan=quote(state.scan))
+    publish_summary(summary)
+    _notify_unreadable(settings, summary)
+    get_run_logger().info("%s", format_summary(summary))
+    return summary
+
+
+@flow(name="score-folder", flow_run_name=_folder_run_name, **_HOOKS)
+def score_folder_flow(
+    path: str,
+    model_version: str | None = None,
+    batch_size: int | None = None,
+    artifacts_url: str | None = None,
+    inbox_url: str | None = None,
+) -> dict[str, Any]:
+    """Score the folder ``path``; returns the batch summary. ``model_version`` defaults to the champion;
+    ``batch_size``, ``artifacts_url`` and ``inbox_url`` (a folder directly inside it keeps its name as batch
+    id) default to the settings."""
+    settings = _settings(artifacts_url=artifacts_url, inbox_url=inbox_url, score_batch_size=batch_size)
+    return _score_and_publish(path, settings, model_version)
+
+
+@flow(name="score-inbox", flow_run_name=_inbox_run_name, **_HOOKS)
+def score_inbox(
+    model_version: str | None = None,
+    batch_size: int | None = None,
+    artifacts_url: str | None = None,
+    inbox_url: str | None = None,
+    quiet_seconds: float | None = None,
+) -> list[dict[str, Any]]:
+    """Score every ready inbox folder that is not yet scored as it is; returns their summaries.
+
+    A folder that fails does not stop the others (unless there is no model: then all would fail); the run
+    fails at the end, naming them. Parameters default to the settings, the model to the champion.
+    """
+    logger = get_run_logger()
+    settings = _settings(artifacts_url=artifacts_url, inbox_url=inbox_url, quiet_seconds=quiet_seconds,
+                         score_batch_size=batch_size)
+    states = find_ready_batches(settings)
+    publish_inbox_table([s.table_row() for s in states])
+    due = [s for s in states if s.due]
+    summaries: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for state in due:
+        try:
+            summaries.append(_score_and_publish(state.url, settings, model_version, state))
+        except (RegistryError, ScoringError, StorageError) as exc:
+            logger.error("inbox folder %s failed: %s", state.name, exc)
+            failures.append(f"{state.name}: {exc}")
+            if isinstance(exc, RegistryError):
+                break  # no model: every other folder would fail the same way
+    if not due:
+        logger.info("inbox %s: nothing to score", settings.inbox_url)
+    if failures:
+        raise RuntimeError(f"{len(failures)} inbox folder(s) failed: " + "; ".join(failures))
+    return summaries
+
+
+@flow(name="score-batch", flow_run_name=_batch_run_name, **_HOOKS)
 def score_batch(
     path: str | None = None,
     model_version: str | None = None,
@@ -74,49 +155,14 @@ def score_batch(
     inbox_url: str | None = None,
     quiet_seconds: float | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
-    """Score the folder ``path``, or, with ``inbox=True``, every ready and not yet scored inbox folder.
-
-    Returns the batch summary (a list of them in inbox mode). ``model_version`` defaults to the champion;
-    ``batch_size``, ``artifacts_url``, ``inbox_url`` and ``quiet_seconds`` default to the settings.
-    """
-    logger = get_run_logger()
-    settings = _settings(
-        artifacts_url=artifacts_url,
-        inbox_url=inbox_url,
-        quiet_seconds=quiet_seconds,
-        score_batch_size=batch_size,
-    )
-    if not inbox:
-        if not path:
-            raise ScoringError("no folder to score: give a path, or inbox=True")
-        summary = score_folder_task(path, settings, model_version)
-        publish_summary(summary)
-        _notify_unreadable(settings, summary)
-        logger.info("%s", format_summary(summary))
-        return summary
-
-    rows = find_ready_batches(settings)
-    publish_inbox_table(rows)
-    summaries: list[dict[str, Any]] = []
-    failures: list[str] = []
-    for row in (r for r in rows if r["due"]):
-        try:
-            summary = score_folder_task(row["url"], settings, model_version, batch_id=row["batch_id"])
-        except (RegistryError, ScoringError, StorageError) as exc:
-            logger.error("inbox folder %s failed: %s", row["name"], exc)
-            failures.append(f"{row['name']}: {exc}")
-            if isinstance(exc, RegistryError):
-                break  # no model: every other folder would fail the same way
-            continue
-        publish_summary(summary)
-        _notify_unreadable(settings, summary)
-        logger.info("%s", format_summary(summary))
-        summaries.append(summary)
-    if not any(r["due"] for r in rows):
-        logger.info("inbox %s: nothing to score", settings.inbox_url)
-    if failures:
-        raise RuntimeError(f"{len(failures)} inbox folder(s) failed: " + "; ".join(failures))
-    return summaries
+    """The deployments' entry point (prefect.yaml's ``score-inbox`` runs it with ``inbox: true``): the recipe
+    of :func:`score_inbox` with ``inbox=True`` (a list of summaries), else that of :func:`score_folder_flow`
+    for ``path`` (its summary), in this flow run, so that its artifacts and logs are this run's."""
+    if inbox:
+        return score_inbox.fn(model_version, batch_size, artifacts_url, inbox_url, quiet_seconds)
+    if not path:
+        raise ScoringError("no folder to score: give a path, or inbox=True")
+    return score_folder_flow.fn(path, model_version, batch_size, artifacts_url, inbox_url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,25 +173,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """The command's run, once :func:`dfd.cli.score` has checked the inputs: the flow, then the summaries."""
+    """The command's run, once :func:`dfd.cli.score` has checked the inputs: a flow, then the summaries."""
     ephemeral.prepare()
+    common = {"model_version": args.model_version, "batch_size": args.batch_size,
+              "artifacts_url": settings.artifacts_url, "inbox_url": settings.inbox_url}
     try:
-        result = score_batch(
-            path=args.path,
-            model_version=args.model_version,
-            batch_size=args.batch_size,
-            inbox=args.inbox,
-            artifacts_url=settings.artifacts_url,
-            inbox_url=settings.inbox_url,
-            quiet_seconds=args.quiet_seconds,
-        )
+        if args.inbox:
+            summaries = score_inbox(**common, quiet_seconds=args.quiet_seconds)
+        else:
+            summaries = [score_folder_flow(path=args.path, **common)]
     except (ScoringError, RegistryError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the flow already logged the traceback
         print(f"error: scoring failed: {exc}", file=sys.stderr)
         return 1
-    summaries = result if isinstance(result, list) else [result]
     if args.inbox and not summaries:
         print(f"inbox {settings.inbox_url}: nothing to score")
     for summary in summaries:

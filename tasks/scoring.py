@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dfd.inbox import inbox_states
-from dfd.scoring import artifact_key, load_predictor, score_folder
+from dfd.inbox import FolderState, inbox_states
+from dfd.scoring import Scan, ScoreOptions, artifact_key, load_predictor, score_folder
 from dfd.settings import Settings
-from dfd.storage import NotFound, StorageError, open_store
+from dfd.storage import NotFound, StorageError
 
 
 @task(name="find-ready-batches", cache_policy=NO_CACHE)
-def find_ready_batches(settings: Settings) -> list[dict[str, Any]]:
-    """Every folder of the inbox with its state; ``due`` ones are complete and not yet scored as they are."""
+def find_ready_batches(settings: Settings) -> list[FolderState]:
+    """Every folder of the inbox with its state and listing; ``due`` ones are complete and not yet scored as
+    they are."""
     logger = get_run_logger()
-    endpoint = settings.s3_endpoint_url or None
-    inbox = open_store(settings.inbox_url, endpoint)
-    artifacts = open_store(settings.artifacts_url, endpoint)
-    states = inbox_states(inbox, artifacts, settings.ready_marker, settings.quiet_seconds, endpoint_url=endpoint)
-    rows = []
+    inbox, artifacts = settings.store(settings.inbox_url), settings.store(settings.artifacts_url)
+    states = inbox_states(inbox, artifacts, settings.ready_marker, settings.quiet_seconds,
+                          endpoint_url=settings.s3_endpoint_url)
     for st in states:
         logger.info("inbox folder %s: %s (%d files)%s", st.name, st.reason, st.files, " -> scoring" if st.due else "")
-        rows.append(
-            {
-                "name": st.name,
-                "url": st.url,
-                "batch_id": st.batch_id,
-                "ready": st.ready,
-                "due": st.due,
-                "reason": st.reason,
-                "files": st.files,
-            }
-        )
     if not states:
         logger.info("inbox %s has no folders", inbox.url)
-    return rows
+    return states
 
 
 def _storage_failure(task: Any, task_run: Any, state: Any) -> bool:
@@ -54,39 +41,19 @@ def score_folder_task(
     settings: Settings,
     model_version: str | None = None,
     batch_id: str | None = None,
+    scan: Scan | None = None,
 ) -> dict[str, Any]:
-    """Load the model (champion by default) and score one folder; returns the summary."""
+    """Load the model (champion by default) and score one folder; returns the summary. ``scan`` is the
+    folder's listing when the caller has it already (an inbox poll), so it is not listed twice."""
     logger = get_run_logger()
-    endpoint = settings.s3_endpoint_url or None
-    artifacts = open_store(settings.artifacts_url, endpoint)
+    artifacts = settings.store(settings.artifacts_url)
     predictor, version = load_predictor(artifacts, model_version, settings.work_dir)
     logger.info(
         "model %s (threshold %.4g, %d view(s) per image)", version, predictor.threshold, predictor.views_per_image
     )
-    return score_folder(
-        source_url,
-        artifacts,
-        predictor,
-        version,
-        batch_id=batch_id,
-        inbox_url=settings.inbox_url,
-        batch_size=settings.score_batch_size,
-        marker=settings.ready_marker,
-        max_file_bytes=settings.max_file_bytes,
-        endpoint_url=endpoint,
-        log_fn=logger.info,
-        flush_seconds=_flush_seconds(),
-    )
-
-
-def _flush_seconds() -> float:
-    """How much work (seconds) a killed run may lose: ``DFD_LEDGER_FLUSH_SECONDS``, default 1; 0 writes a
-    ledger chunk after every inference batch (slower on small images: one fsync per batch)."""
-    raw = os.environ.get("DFD_LEDGER_FLUSH_SECONDS", "")
-    try:
-        return max(0.0, float(raw)) if raw.strip() else 1.0
-    except ValueError:
-        raise StorageError(f"DFD_LEDGER_FLUSH_SECONDS must be a number of seconds, not {raw!r}") from None
+    options = ScoreOptions.from_settings(settings)
+    return score_folder(source_url, artifacts, predictor, version, options, batch_id=batch_id, scan=scan,
+                        log_fn=logger.info)
 
 
 @task(name="publish-score-summary", cache_policy=NO_CACHE)
@@ -109,9 +76,8 @@ def publish_summary(summary: dict[str, Any]) -> str:
 
 @task(name="publish-inbox-summary", cache_policy=NO_CACHE)
 def publish_inbox_table(rows: list[dict[str, Any]]) -> str:
-    """Publish the inbox poll's folder states as a table artifact (key ``score-inbox``)."""
-    table = [{k: r[k] for k in ("name", "ready", "due", "reason", "files")} for r in rows] or [
-        {"name": "(none)", "ready": False, "due": False, "reason": "inbox has no folders", "files": 0}
-    ]
+    """Publish the inbox poll's folder states (:meth:`dfd.inbox.FolderState.table_row`) as a table artifact
+    (key ``score-inbox``)."""
+    table = rows or [{"name": "(none)", "ready": False, "due": False, "reason": "inbox has no folders", "files": 0}]
     create_table_artifact(table=table, key="score-inbox", description="Inbox folders seen by the last poll.")
     return "score-inbox"

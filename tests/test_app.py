@@ -23,6 +23,7 @@ from viewer_fixtures import (
     CHAMPION,
     PLOTS,
     REJECTED,
+    batch_row,
     build_store,
     publish_fake_run,
     sample_image,
@@ -32,17 +33,27 @@ from viewer_fixtures import (
 )
 
 from app import create_app
-from app.scoring import FAKE_SENTENCE, REAL_SENTENCE
+from app.champion import FAKE_SENTENCE, REAL_SENTENCE
 
 BATCH = "batch-0001"
 
 
 @pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
+def store_info(tmp_path_factory) -> dict:
     """One store with a real tiny champion, a rejected run and a 40-row scored batch (built once)."""
     root = tmp_path_factory.mktemp("viewer")
-    build_store(root / "artifacts", batch_rows=40, batch_id=BATCH)
-    return root
+    return {**build_store(root / "artifacts", batch_rows=40, batch_id=BATCH), "root": root}
+
+
+@pytest.fixture(scope="session")
+def store_template(store_info: dict) -> Path:
+    return store_info["root"]
+
+
+@pytest.fixture(scope="session")
+def threshold(store_info: dict) -> float:
+    """The champion's threshold (chosen on the batch's images, so that the batch has both labels)."""
+    return store_info["threshold"]
 
 
 @pytest.fixture
@@ -151,9 +162,9 @@ def test_incomplete_run_is_not_listed(client, world):
     assert client.get("/runs/20270101-000000-halfwa").status_code == 404
 
 
-def test_api_champion_and_runs(client):
+def test_api_champion_and_runs(client, threshold):
     champ = client.get("/api/champion").json
-    assert champ["version"] == CHAMPION and champ["threshold"] == 0.5
+    assert champ["version"] == CHAMPION and champ["threshold"] == threshold
     assert champ["metrics"]["test"]["roc_auc"] > 0 and champ["data_counts"]["train"]["real"] == 70
     assert set(champ["plots"]) == set(PLOTS)
     runs = client.get("/api/runs").json["runs"]
@@ -180,7 +191,7 @@ def test_batches_list_and_api(client):
     html = client.get("/batches").get_data(as_text=True)
     assert BATCH in html and CHAMPION in html
     batches = client.get("/api/batches").json["batches"]
-    assert batches[0]["batch_id"] == BATCH and batches[0]["total"] == 40
+    assert batches[0]["batch_id"] == BATCH and batches[0]["files"] == 40
 
 
 def test_batch_page_filters_sorts_and_pages(client, world):
@@ -271,7 +282,7 @@ def test_new_runs_batches_and_rows_appear_without_restart(client, world):
     write_batch(world / "artifacts", "batch-0002", world / "inbox" / "batch-0002", 5)
     assert "batch-0002" in client.get("/").get_data(as_text=True)
     assert client.get("/api/batches/batch-0001").json["total"] == 40
-    write_batch(world / "artifacts", BATCH, world / "inbox" / BATCH, 45, n_images=0, seed=1)
+    write_batch(world / "artifacts", BATCH, world / "inbox" / BATCH, 45)  # 5 more files: rescored
     assert client.get("/api/batches/batch-0001").json["total"] == 45  # results re-read after they changed
 
 
@@ -288,19 +299,18 @@ def test_champion_reloaded_when_the_pointer_changes(client, world):
 
 
 # --- classify -------------------------------------------------------------------------------------------
-def test_classify_page_verdict_score_threshold_version_and_heatmap(client, world):
-    from dfd.predict import Predictor
-
+def test_classify_page_verdict_score_threshold_version_and_heatmap(client, world, threshold, tmp_path):
     assert 'name="image"' in client.get("/classify").get_data(as_text=True)
     before = sorted(p for p in world.rglob("*"))
     data = png_bytes(sample_image(1, 80))
     r = upload(client, data, "photo.png", url="/classify")
     assert r.status_code == 200
     html = r.get_data(as_text=True)
-    expected = Predictor.from_folder(world / "artifacts" / "runs" / CHAMPION).score_bytes(data)
-    sentence = FAKE_SENTENCE if expected >= 0.5 else REAL_SENTENCE
+    batch = batch_row(world / "artifacts", data, tmp_path)  # what batch scoring says of the same file
+    assert float(html.split('<dd id="score">')[1].split("<")[0]) == pytest.approx(batch["score"], abs=1e-4)
+    sentence = FAKE_SENTENCE if batch["label"] == "deepfake" else REAL_SENTENCE
     assert f'<h2 id="verdict">{sentence}</h2>' in html
-    assert f"{expected:.4f}" in html and "0.5000" in html and CHAMPION in html
+    assert f"{threshold:.4f}" in html and CHAMPION in html
     src = html.split('id="heatmap" src="')[1].split('"')[0]
     assert src.startswith("data:image/jpeg;base64,")
     heat = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
@@ -310,17 +320,15 @@ def test_classify_page_verdict_score_threshold_version_and_heatmap(client, world
     ]  # nothing stored
 
 
-def test_api_predict_matches_the_predictor(client, world):
-    from dfd.predict import Predictor
-
+def test_api_predict_gives_the_batch_score(client, world, threshold, tmp_path):
     data = png_bytes(sample_image(4, 50))
     r = upload(client, data)
     assert r.status_code == 200
     body = r.json
-    expected = Predictor.from_folder(world / "artifacts" / "runs" / CHAMPION).score_bytes(data)
-    assert body["score"] == pytest.approx(expected, abs=1e-6)
-    assert body["verdict"] == (FAKE_SENTENCE if expected >= 0.5 else REAL_SENTENCE)
-    assert body["label"] in ("real", "deepfake") and body["threshold"] == 0.5 and "heatmap" not in body
+    batch = batch_row(world / "artifacts", data, tmp_path)  # what batch scoring says of the same file
+    assert body["score"] == pytest.approx(batch["score"], abs=2e-6) and body["label"] == batch["label"]
+    assert body["verdict"] == (FAKE_SENTENCE if body["score"] >= threshold else REAL_SENTENCE)
+    assert body["threshold"] == threshold and "heatmap" not in body
     explained = upload(client, data, url="/api/predict?explain=1").json
     assert explained["heatmap"].startswith("data:image/jpeg;base64,")
 
@@ -333,25 +341,24 @@ def test_heatmap_for_large_and_small_images(client):
     assert tiny["heatmap"].startswith("data:image/jpeg")
 
 
-def test_big_upload_scored_like_batch_and_explained_on_a_bounded_copy(client, world, monkeypatch):
+def test_big_upload_scored_like_batch_and_explained_on_a_bounded_copy(client, world, monkeypatch, tmp_path):
     """Issue 14: a big image is scored on all its pixels (the batch score), while Grad-CAM and the overlay
     work on a copy at most EXPLAIN_MAX_SIDE px, so memory stays a small multiple of the decoded image."""
     import tracemalloc
 
-    import app.scoring as scoring
-    from dfd.predict import Predictor
+    from dfd.explain import GradCam
 
     upload(client, png_bytes(sample_image(0, 64)))  # loads the model outside the measurement
     big = np.asarray(Image.fromarray(sample_image(5, 64)).resize((3000, 2400), Image.Resampling.NEAREST))
     data = png_bytes(big)
     seen: list[tuple[int, ...]] = []
-    real_gradcam = scoring.gradcam_map
+    real_heatmap = GradCam.heatmap
 
-    def spy(predictor, pixels, *args, **kw):
+    def spy(self, pixels, *args, **kw):
         seen.append(pixels.shape)
-        return real_gradcam(predictor, pixels, *args, **kw)
+        return real_heatmap(self, pixels, *args, **kw)
 
-    monkeypatch.setattr(scoring, "gradcam_map", spy)
+    monkeypatch.setattr(GradCam, "heatmap", spy)
     tracemalloc.start()
     try:
         r = upload(client, data, url="/api/predict?explain=1")
@@ -360,8 +367,8 @@ def test_big_upload_scored_like_batch_and_explained_on_a_bounded_copy(client, wo
         tracemalloc.stop()
     assert r.status_code == 200, r.get_data(as_text=True)
     body = r.json
-    expected = Predictor.from_folder(world / "artifacts" / "runs" / CHAMPION).score_bytes(data)
-    assert body["score"] == pytest.approx(expected, abs=1e-6)  # the same score as batch scoring
+    expected = batch_row(world / "artifacts", data, tmp_path)["score"]
+    assert body["score"] == pytest.approx(expected, abs=2e-6)  # the same score as batch scoring
     assert (body["width"], body["height"]) == (3000, 2400)
     assert seen and max(seen[0][:2]) <= 1024 and "shrunk" in body["heatmap_note"]
     heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap"].split(",", 1)[1])))
@@ -661,10 +668,10 @@ def test_viewer_reads_an_s3_artifact_store(world, s3_env):
 
 
 def test_tiles_cover_the_image_within_the_view_budget():
-    from app.scoring import _tiles
+    from dfd.preprocess import tile_corners
 
     for h, w, size, budget in [(500, 700, 32, 64), (32, 32, 32, 64), (20, 90, 32, 64), (1000, 40, 64, 9)]:
-        corners, hh, ww = _tiles(h, w, size, budget)
+        corners, hh, ww = tile_corners(h, w, size, budget)
         assert len(corners) <= budget and hh >= size and ww >= size
         covered = np.zeros((hh, ww), bool)
         for y, x in corners:
@@ -677,10 +684,10 @@ def test_gradcam_for_a_resize_model():
     """The seed's architecture (whole image resized) gets a heatmap over the whole image too."""
     from helpers import train_tiny_model
 
-    from app.scoring import gradcam_map
+    from dfd.explain import GradCam
     from dfd.predict import Predictor
 
     model, metadata = train_tiny_model(arch="seed-cnn", per_class=6, epochs=1)
-    heat, note = gradcam_map(Predictor(model, {**metadata, "version": "seed"}), sample_image(2, 90)[:70])
+    heat, note = GradCam(Predictor(model, {**metadata, "version": "seed"})).heatmap(sample_image(2, 90)[:70])
     assert heat is not None and heat.shape == (70, 90) and "Grad-CAM" in note
     assert heat.min() >= 0 and heat.max() <= 1

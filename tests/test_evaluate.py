@@ -76,3 +76,20 @@ def test_split_interval_counts_ungrouped_entries_as_their_own_groups():
     iv = evaluate.split_auc_interval(entries, scores)
     assert iv["groups"] == 1 + 6 and iv["auc"] == 1.0
     assert iv["low"] <= iv["auc"] <= iv["high"]
+
+
+def test_assess_calibrates_on_validation_and_judges_the_floor_on_both_splits():
+    from dfd.train import Entry
+
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(60), np.ones(60)].astype(int)
+    entries = [Entry(0, f"k{i}", int(v)) for i, v in enumerate(y)]
+    good = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.1, 120), 0.01, 0.99)
+    a = evaluate.assess(entries, good, entries, good, seed=0, min_auc=0.55)
+    assert a.quality_floor["passed"] and set(a.quality_floor["splits"]) == {"validation", "test"}
+    assert a.threshold == evaluate.choose_threshold(y, evaluate.apply_temperature(good, a.temperature))
+    np.testing.assert_allclose(a.test_scores, evaluate.apply_temperature(good, a.temperature))
+    assert a.test["roc_auc"] == a.validation["roc_auc"] > 0.9
+    diverged = np.full(120, np.nan)  # a diverged model: NaN scores count as 0.5 and fail the floor
+    dud = evaluate.assess(entries, diverged, entries, diverged, seed=0, min_auc=0.55)
+    assert not dud.quality_floor["passed"] and dud.test["roc_auc"] == 0.5

@@ -41,7 +41,8 @@ PAUSE_SECONDS = 240  # the longest wait for the child to reach its kill point (a
 CHILD = r"""
 import os, sys, tempfile, time
 sys.path.insert(0, os.environ["DFD_ROOT"])
-from dfd import scoring, storage
+from dfd import scoring
+from dfd.storage import local as storage  # LocalStore and the atomic write it calls
 
 point, _, arg = os.environ["DFD_KILL_POINT"].partition(":")
 pipe = int(os.environ["DFD_PAUSE_FD"])

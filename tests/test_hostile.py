@@ -55,7 +55,7 @@ def bounded(fn: Callable[[], T], seconds: float, what: str) -> T:
 
 
 def shorten(text: str, limit: int = 160) -> str:
-    """The one-line form batch scoring gives an error (dfd.scoring._short)."""
+    """The one-line form batch scoring gives an error (dfd.scoring.errors.short)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -193,15 +193,16 @@ def test_a_rerun_reads_again_only_what_could_not_be_read(world, scored):
 
 @pytest.mark.slow
 def test_the_score_flow_gives_the_same_rows(prefect_api, world, scored, tmp_path, monkeypatch):
-    """The corpus through the ``score-batch`` flow itself (Prefect task, settings from the environment)."""
-    from flows.score_batch import score_batch
+    """The corpus through the ``score-folder`` flow itself (Prefect task, settings from the environment)."""
+    from flows.score_batch import score_folder_flow
 
     monkeypatch.setenv("DFD_MAX_FILE_BYTES", str(BYTE_LIMIT))
     monkeypatch.setenv("DFD_WORK_DIR", str(tmp_path / "work"))
     artifacts = tmp_path / "artifacts"
     publish_tiny_model(artifacts)  # same seed and data: the same model, in a store of its own
-    summary = bounded(lambda: score_batch(path=str(world["folder"]), artifacts_url=str(artifacts), batch_size=8),
-                      STAGE_SECONDS, "the score-batch flow on the hostile corpus")
+    summary = bounded(lambda: score_folder_flow(path=str(world["folder"]), artifacts_url=str(artifacts),
+                                                batch_size=8),
+                      STAGE_SECONDS, "the score-folder flow on the hostile corpus")
     assert isinstance(summary, dict)
     assert summary["errors_by_reason"] == scored["summary"]["errors_by_reason"]
     rows = jsonl_rows(summary)
@@ -297,7 +298,9 @@ def test_a_file_replaced_after_listing_is_scored_as_read(world, tmp_path):
     assert swapped["error"] == "" and swapped["sha256"] == hashlib.sha256(new).hexdigest()
     assert (swapped["width"], swapped["height"]) == (56, 56)
     assert swapped["bytes"] == len(new), "the row's size is the listing's, not the file's that was scored"
-    assert swapped["score"] == pytest.approx(float(world["predictor"].score_bytes(new)), abs=2e-6)
+    predictor = world["predictor"]
+    assert swapped["score"] == pytest.approx(float(predictor.score_views(predictor.views(decode_image(new).pixels))[0]),
+                                             abs=2e-6)
     assert error_reason(rows["grown.png"]["error"]) == "file too large", rows["grown.png"]["error"]
     assert rows["removed.png"]["error"] == "unreadable: vanished while being read"
 

@@ -17,7 +17,8 @@ import pytest
 from helpers import make_dataset
 
 from dfd import registry
-from dfd.plots import PLOT_FILES
+from dfd.imageio import decode_image
+from dfd.layout import PLOT_FILES, SYNTHETIC_MANIFEST
 from dfd.predict import Predictor
 from dfd.storage import open_store
 
@@ -60,6 +61,24 @@ def webhook(monkeypatch: pytest.MonkeyPatch):
     yield received
     server.shutdown()
     server.server_close()
+
+
+def _kept_by_prefect() -> str:
+    """Everything the Prefect API holds about the runs of this session: logs, artifacts, flow and task runs."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are sent in batches: send what is queued
+    lines: list[str] = []
+    with get_client(sync_client=True) as client:
+        for read in (client.read_logs, client.read_artifacts, client.read_flow_runs, client.read_task_runs):
+            offset = 0
+            while batch := read(limit=200, offset=offset):
+                offset += len(batch)
+                lines += (json.dumps(item.model_dump(mode="json"), default=str) for item in batch)
+    return "\n".join(lines)
 
 
 @pytest.mark.slow
@@ -111,9 +130,10 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     # Parity: the published model, reloaded, gives the scores the evaluation recorded.
     predictor = Predictor.from_folder(registry.fetch_model_dir(store, version, workspace["artifacts"] / "c"))
     rows = list(csv.DictReader(store.read_text(f"runs/{version}/test_scores.csv").splitlines()))
-    for row in rows[:4]:
-        score = predictor.score_bytes((workspace["data"] / row["key"]).read_bytes())
-        assert score == pytest.approx(float(row["score"]), abs=1e-5)
+    pixels = [decode_image((workspace["data"] / row["key"]).read_bytes(), predictor.max_pixels).pixels
+              for row in rows[:4]]
+    for row, score in zip(rows, predictor.score_pixels(pixels), strict=False):
+        assert float(score) == pytest.approx(float(row["score"]), abs=1e-5)
 
     # A model that cannot learn (learning rate 0) must not replace the champion.
     worse = retrain(**common, epochs=2, learning_rate=0.0, force=True)
@@ -127,6 +147,13 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     again = retrain(**common, epochs=2, learning_rate=0.0)
     assert again["decision"] == "unchanged"
     assert len(registry.list_versions(store)) == 3
+
+    # The settings travel to every task, webhook URL (a secret) included; it never reaches Prefect's records.
+    kept = _kept_by_prefect()
+    assert "stage 6/6" in kept and "retrain-metrics" in kept  # logs and artifacts were read
+    assert f"data={first['data_fingerprint'][:8]} unchanged" in kept  # the last run was renamed by its task
+    assert os.environ["WEBHOOK_URL"] not in kept
+    assert '"webhook_url": "(set)"' in store.read_text(f"runs/{version}/config.json")
 
 
 @pytest.mark.slow
@@ -152,7 +179,7 @@ def test_reals_only_trains_on_synthetic_fakes_and_says_so(prefect_api, workspace
     reals = manifest("split_manifest.csv")
     assert reals and all(r["key"].startswith("real/") for r in reals)
     split_of = {r["sha256"][:16]: r["split"] for r in reals}
-    fakes = manifest("synthetic_manifest.csv")
+    fakes = manifest(SYNTHETIC_MANIFEST)
     assert {r["split"] for r in fakes} == {"train", "val", "test"}
     for r in fakes:  # each fake sits in the split of the real it was made from
         assert split_of[r["key"].split("-")[1]] == r["split"]
@@ -291,14 +318,3 @@ def test_a_checkpoint_torn_by_a_kill_falls_back_or_starts_over(tmp_path: Path, p
         assert any("starts over" in line for line in lines), lines
         assert epochs == [1, 2, 3, 4], lines
     assert np.isfinite(history["loss"]).all() and not work.exists()
-
-
-def test_only_model_settings_count_as_a_change():
-    from dfd.settings import Settings
-    from tasks.retrain import changed_settings
-
-    base = Settings.from_env({}).model_settings()
-    assert "epochs" in base and "data_url" not in base and "webhook_url" not in base
-    moved = Settings.from_env({}, epochs=2, artifacts_url="elsewhere").model_settings()
-    assert changed_settings(base, moved) == ["epochs 20 -> 2"]
-    assert changed_settings(None, moved) == []  # a run recorded before settings were kept: nothing to compare

@@ -64,10 +64,10 @@ def read_artifact(key: str):
 
 
 def test_flow_scores_a_folder_and_publishes_a_table_artifact(prefect_api, tmp_path, artifacts):
-    from flows.score_batch import score_batch
+    from flows.score_batch import score_folder_flow
 
     folder = make_dataset(tmp_path / "Holiday Photos", per_class=6, size=40)
-    summary = score_batch(path=str(folder), artifacts_url=str(artifacts), batch_size=5)
+    summary = score_folder_flow(path=str(folder), artifacts_url=str(artifacts), batch_size=5)
     assert summary["files"] == 12 and summary["scored"] == 12 and summary["errors"] == 0
     assert summary["batch_id"] == batch_id_for(str(folder))
     csv_path = Path(summary["results"]["csv"])
@@ -84,8 +84,11 @@ def test_flow_scores_a_folder_and_publishes_a_table_artifact(prefect_api, tmp_pa
     assert str(csv_path) in found[0].description
 
 
-def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_path, artifacts):
-    from flows.score_batch import score_batch
+def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_path, artifacts, monkeypatch):
+    """``score-inbox`` scores each due folder with the listing its poll made (each folder is listed once);
+    ``score-batch`` with ``inbox=True`` (the deployment's entry point) does the same."""
+    from dfd.storage import LocalStore
+    from flows.score_batch import score_batch, score_inbox
 
     inbox = tmp_path / "inbox"
     make_dataset(inbox / "ready-marked", per_class=3, size=40)
@@ -96,19 +99,29 @@ def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_pat
     for p in (inbox / "quiet").rglob("*"):
         os.utime(p, (old, old))
     (inbox / "empty").mkdir()
+    listed: list[str] = []
+    real_list = LocalStore.list
 
-    kw = {"inbox": True, "inbox_url": str(inbox), "artifacts_url": str(artifacts), "quiet_seconds": 600}
-    first = score_batch(**kw)
+    def counting_list(self, prefix=""):
+        if not prefix and inbox in self.root.parents:
+            listed.append(self.root.name)
+        return real_list(self, prefix)
+
+    monkeypatch.setattr(LocalStore, "list", counting_list)
+
+    kw = {"inbox_url": str(inbox), "artifacts_url": str(artifacts), "quiet_seconds": 600}
+    first = score_inbox(**kw)
     assert sorted(s["batch_id"] for s in first) == ["quiet", "ready-marked"]
+    assert sorted(listed) == ["empty", "half-copied", "quiet", "ready-marked"]  # no folder listed twice
     assert not (artifacts / "scores" / "half-copied").exists()
     assert read_artifact("score-ready-marked") and read_artifact("score-inbox")
 
-    assert score_batch(**kw) == []  # nothing new: nothing scored
+    assert score_batch(inbox=True, **kw) == []  # nothing new: nothing scored
 
     (inbox / "ready-marked" / "late.png").write_bytes(png_bytes(np.zeros((40, 40, 3), np.uint8)))
     os.utime(inbox / "ready-marked" / "_READY")
     (inbox / "half-copied" / "_READY").write_text("")
-    third = {s["batch_id"]: s for s in score_batch(**kw)}
+    third = {s["batch_id"]: s for s in score_batch(inbox=True, **kw)}
     assert sorted(third) == ["half-copied", "ready-marked"]
     assert third["ready-marked"]["scored_this_run"] == 1 and third["ready-marked"]["files"] == 7
 

@@ -19,10 +19,13 @@ from helpers import make_dataset, png_bytes, publish_tiny_model, train_tiny_mode
 
 from dfd.imageio import decode_image
 from dfd.inbox import folder_state, inbox_states
+from dfd.layout import SUMMARY_KEYS
 from dfd.registry import RegistryError, publish_run, set_champion
 from dfd.scoring import (
     RESULT_FIELDS,
+    ScoreOptions,
     ScoringError,
+    Status,
     artifact_key,
     batch_id_for,
     load_predictor,
@@ -94,7 +97,7 @@ def test_scores_equal_model_predict_and_results_parse(tmp_path, artifacts, predi
         p = predictor.model.predict(views.astype("float32"), verbose=0).reshape(-1)
         expected = float(predictor.calibrate(p)[0])
         assert rec["score"] == pytest.approx(expected, abs=2e-6)
-        assert rec["score"] == pytest.approx(predictor.score_bytes(data), abs=2e-6)  # the viewer's path
+        assert rec["score"] == pytest.approx(float(predictor.score_views(views)[0]), abs=2e-6)  # the viewer's path
         assert float(row["score"]) == pytest.approx(expected, abs=2e-6)
         assert rec["label"] == ("deepfake" if expected >= predictor.threshold else "real")
         assert rec["sha256"] == hashlib.sha256(data).hexdigest()
@@ -107,6 +110,7 @@ def test_scores_equal_model_predict_and_results_parse(tmp_path, artifacts, predi
 
     stored = json.loads(Path(summary["results"]["summary"]).read_text())
     assert stored == json.loads(json.dumps(summary))
+    assert not set(SUMMARY_KEYS) - set(stored), "summary.json lacks keys that readers rely on (dfd.layout)"
     assert summary["files"] == len(expected_paths) == summary["scored"]
     assert summary["counts"]["real"] + summary["counts"]["deepfake"] == len(expected_paths)
     assert summary["errors"] == 0 and summary["scored_this_run"] == len(expected_paths)
@@ -258,7 +262,7 @@ def test_stream_is_bounded_not_materialised(tmp_path, artifacts, predictor):
     gen = stream_scores(counting, items, predictor, 4, lambda sha: False, 1 << 20)
     first = next(gen)
     time.sleep(0.5)  # let the read-ahead fill up
-    assert len(first[0]) == 4
+    assert len(first) == 4 and all(o.status == Status.OK and 0 <= o.score <= 1 and o.nbytes > 0 for o in first)
     assert 4 <= len(reads) < 100, f"{len(reads)} files read after the first batch"
     gen.close()
 
@@ -356,5 +360,5 @@ def test_scored_folder_is_not_due_until_it_changes(tmp_path, artifacts, predicto
     os.utime(inbox_dir / "b1" / "_READY")  # the marker is touched after adding files
     state = folder_state(inbox, art, "b1")
     assert state.due and "changed since" in state.reason
-    again = score_folder(state.url, art, predictor, VERSION5, batch_id="b1", batch_size=4)
+    again = score_folder(state.url, art, predictor, VERSION5, ScoreOptions(batch_size=4), batch_id="b1")
     assert again["scored_this_run"] == 1 and again["files"] == 7

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +28,20 @@ from dfd.registry import (
     run_key,
     set_champion,
 )
-from dfd.storage import Conflict, LocalStore, NotFound, StorageError, escape_name, open_store
+from dfd.storage import Conflict, LocalStore, NotAFile, NotFound, StorageError, TooLarge, escape_name, open_store
+
+
+def test_the_backends_import_without_a_cycle_and_boto3_only_for_s3():
+    """Each backend imports on its own (the factory lives in the package, not beside the contract), and
+    ``dfd.storage`` alone does not load boto3."""
+    checks = (
+        "import sys, dfd.storage; assert 'boto3' not in sys.modules; dfd.storage.open_store('x')",
+        "import dfd.storage.s3, dfd.storage; assert dfd.storage.S3Store is dfd.storage.s3.S3Store",
+        "import dfd.s3, dfd.storage.local, dfd.storage.base; assert dfd.s3.S3Store.child",
+    )
+    for code in checks:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -177,12 +192,49 @@ def test_child_store_is_rooted_at_a_prefix(store):
     assert getattr(child, "endpoint_url", None) == getattr(store, "endpoint_url", None)
 
 
-def test_local_path_only_for_the_local_backend(store):
-    store.write_bytes("x", b"1")
+def test_folder_problem_says_what_each_backend_can_know(store):
+    """A folder on disk exists apart from its files; an S3 folder is a key prefix, known only by a listing."""
+    store.write_bytes("in/a.png", b"1")
+    store.write_bytes("file", b"1")
+    assert store.folder_problem("in") is None and store.child("in").folder_problem() is None
     if isinstance(store, LocalStore):
-        assert store.local_path("x").read_bytes() == b"1"
+        assert store.folder_problem("missing") == "does not exist"
+        assert store.folder_problem("file") == "is not a folder"
+        assert store.folder_problem("in", found_nothing=True) is None
     else:
-        assert store.local_path("x") is None
+        assert store.folder_problem("missing") is None
+        assert store.folder_problem("missing", found_nothing=True) == "does not exist or is empty"
+
+
+def test_local_folder_is_the_store_itself_or_a_reused_download(store, tmp_path):
+    store.write_bytes("runs/v1/model.keras", b"model")
+    store.write_bytes("runs/v1/metadata.json", b"{}")
+    cache = tmp_path / "cache" / "v1"
+    folder = store.local_folder("runs/v1", ("model.keras", "metadata.json"), cache)
+    assert (folder / "model.keras").read_bytes() == b"model" and (folder / "metadata.json").read_bytes() == b"{}"
+    if isinstance(store, LocalStore):
+        assert folder == store.root / "runs" / "v1" and not cache.exists()  # read in place, nothing copied
+        return
+    assert folder == cache
+    store.write_bytes("runs/v1/model.keras", b"changed")  # a published run never changes: the copy is reused
+    assert (store.local_folder("runs/v1", ("model.keras", "metadata.json"), cache) / "model.keras").read_bytes() \
+        == b"model"
+
+
+def test_read_limited_refuses_objects_over_the_limit(store):
+    store.write_bytes("in/x.png", b"x" * 100)
+    assert store.read_limited("in/x.png", 100) == b"x" * 100
+    with pytest.raises(TooLarge, match="over the limit of 99"):
+        store.read_limited("in/x.png", 99)
+    with pytest.raises((NotFound, FileNotFoundError)):
+        store.read_limited("in/missing.png", 100)
+
+
+def test_read_limited_refuses_what_is_not_a_regular_file(tmp_path):
+    store = LocalStore(tmp_path)
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading a FIFO would block until a writer came
+    with pytest.raises(NotAFile):
+        store.read_limited("pipe.jpg", 1 << 20)
 
 
 def test_open_local_only_for_the_local_backend(store):

@@ -1,12 +1,14 @@
-"""Artifact-store contents for the viewer's tests and benchmark, written in the exact published formats:
-retraining runs (run.json, metrics.json, metadata.json, config.json, real PNG plots) and scored batches
-(summary.json, results.jsonl, results.csv), plus a way to start the production server on a free port.
+"""Artifact-store contents for the viewer's tests and benchmark, made by the code that makes them in
+production, so that a change of format on either side breaks a test: runs are published with
+:mod:`dfd.registry` (``publish_run``, ``set_champion``), their metrics computed by :mod:`dfd.evaluate` and
+their plots drawn by :func:`dfd.plots.write_plots`; batches are scored from real files by
+:func:`dfd.scoring.score_folder` with a tiny trained champion. Plus a way to start the production server on a
+free port. Training and scoring code is imported inside the functions: the viewer's own tests check that the
+app imports none of it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import socket
@@ -23,120 +25,19 @@ import numpy as np
 from helpers import png_bytes
 from PIL import Image
 
+from dfd import layout
+
 ROOT = Path(__file__).resolve().parents[1]
-PLOTS = ("acc", "loss", "cm", "roc", "auc", "pr", "hist")
+PLOTS = tuple(layout.PLOTS)  # the plot stems a run publishes (dfd.plots draws them all)
 CHAMPION = "20260101-000000-tiny00"
 REJECTED = "20260102-000000-abc123"
-
-
-def split_metrics(rng: np.random.Generator, n: int = 40) -> dict[str, Any]:
-    def at() -> dict[str, Any]:
-        tn, fp, fn, tp = (int(v) for v in rng.integers(5, 15, size=4))
-        return {
-            "accuracy": round(float(rng.uniform(0.7, 0.95)), 4),
-            "balanced_accuracy": round(float(rng.uniform(0.7, 0.95)), 4),
-            "precision": round(float(rng.uniform(0.7, 0.95)), 4),
-            "recall": round(float(rng.uniform(0.7, 0.95)), 4),
-            "f1": round(float(rng.uniform(0.7, 0.95)), 4),
-            "confusion_matrix": [[tn, fp], [fn, tp]],
-            "per_class_accuracy": {"real": round(tn / (tn + fp), 4), "deepfake": round(tp / (tp + fn), 4)},
-        }
-
-    return {
-        "roc_auc": round(float(rng.uniform(0.8, 0.99)), 4),
-        "average_precision": round(float(rng.uniform(0.8, 0.99)), 4),
-        "eer": round(float(rng.uniform(0.02, 0.2)), 4),
-        "n": n,
-        "at_threshold": at(),
-        "at_0.5": at(),
-    }
-
-
-def plot_png(name: str, seed: int = 0) -> bytes:
-    """A small real PNG plot (matplotlib, Agg) standing in for the retraining flow's ``<name>.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rng = np.random.default_rng(seed)
-    fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=60)
-    if name == "cm":
-        ax.imshow(rng.integers(0, 20, size=(2, 2)), cmap="Blues")
-    elif name == "hist":
-        ax.hist([rng.beta(2, 5, 200), rng.beta(5, 2, 200)], bins=20, label=["real", "deepfake"])
-    else:
-        ax.plot(np.sort(rng.random(12)), label="train")
-        ax.plot(np.sort(rng.random(12)), label="val")
-    ax.set_title(name)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def run_files(version: str, decision: str, reason: str, seed: int = 0, champion_before: str | None = None,
-              threshold: float = 0.5) -> dict[str, bytes]:
-    """The files a retraining run publishes (without the model), keyed by file name."""
-    rng = np.random.default_rng(seed)
-    test, val = split_metrics(rng), split_metrics(rng)
-    fingerprint = f"{seed:02d}" + "f00d" * 15 + "ab"
-    counts = {"train": {"real": 70, "deepfake": 70}, "val": {"real": 15, "deepfake": 15},
-              "test": {"real": 15, "deepfake": 15}, "quarantined": 2, "synthetic": 140}
-    metrics = {"threshold": threshold, "threshold_rule": "max balanced accuracy on validation", "test": test,
-               "validation": val}
-    run = {
-        "version": version, "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:05:00+00:00",
-        "data_fingerprint": fingerprint, "data_counts": counts, "test_auc": test["roc_auc"],
-        "test_ap": test["average_precision"], "test_accuracy": test["at_threshold"]["accuracy"],
-        "threshold": threshold, "decision": decision, "reason": reason, "champion_before": champion_before,
-        "arch": "patchnet", "demo_data": True, "plots": [f"{p}.png" for p in PLOTS],
-    }
-    config = {"epochs": 3, "arch": "patchnet", "batch_size": 16, "learning_rate": 0.002, "seed": seed}
-    files = {
-        "run.json": json.dumps(run, indent=2).encode(),
-        "metrics.json": json.dumps(metrics, indent=2).encode(),
-        "config.json": json.dumps(config, indent=2).encode(),
-        "history.json": json.dumps({"loss": [0.7, 0.5, 0.4]}).encode(),
-        "quarantine.json": b"[]\n",
-        "split_manifest.csv": b"path,label,split\nreal/a.png,real,train\n",
-    }
-    for i, name in enumerate(PLOTS):
-        files[f"{name}.png"] = plot_png(name, seed + i)
-    return files
-
-
-def publish_fake_run(artifacts: Path, version: str, decision: str, reason: str, seed: int = 1) -> None:
-    """A complete run without a usable model (only listed, never scored with)."""
-    from dfd.registry import publish_run
-    from dfd.storage import open_store
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in run_files(version, decision, reason, seed).items():
-            (Path(tmp) / name).write_bytes(data)
-        meta = {"version": version, "threshold": 0.5, "input_spec": {"mode": "crop", "size": 32, "crops": 1},
-                "class_names": ["real", "deepfake"], "arch": "patchnet", "created_at": "2026-01-02T00:05:00+00:00"}
-        (Path(tmp) / "metadata.json").write_text(json.dumps(meta))
-        publish_run(open_store(str(artifacts)), version, tmp)
-
-
-def build_store(artifacts: Path, batch_rows: int = 40, batch_id: str = "batch-0001") -> dict[str, Any]:
-    """A store with a real tiny champion (plus its run files and plots), a rejected run and a scored batch."""
-    from helpers import publish_tiny_model
-
-    artifacts.mkdir(parents=True, exist_ok=True)
-    publish_tiny_model(artifacts, version=CHAMPION)
-    run_dir = artifacts / "runs" / CHAMPION
-    for name, data in run_files(CHAMPION, "promoted", "first model: no champion before", seed=0).items():
-        (run_dir / name).write_bytes(data)
-    publish_fake_run(artifacts, REJECTED, "rejected", "test AUC 0.81 is below the champion's 0.93 - 0.005")
-    source = artifacts.parent / "inbox" / batch_id
-    write_batch(artifacts, batch_id, source, batch_rows)
-    return {"artifacts": artifacts, "champion": CHAMPION, "rejected": REJECTED, "batch_id": batch_id,
-            "source": source}
+DATA_COUNTS = {"train": {"real": 70, "deepfake": 70}, "val": {"real": 15, "deepfake": 15},
+               "test": {"real": 15, "deepfake": 15}, "quarantined": 2, "synthetic": 140}
+CALIBRATION_IMAGES = 40  # sample images 0..39: the batches' images, on which the champion's threshold is chosen
 
 
 def sample_image(i: int, size: int = 40) -> np.ndarray:
+    """Image ``i``: a synthetic photo when ``i`` is even, an up-sampling fake of one when odd."""
     from dfd.demo import synthetic_photo, upsampling_fake
 
     rng = np.random.default_rng(1000 + i)
@@ -144,47 +45,183 @@ def sample_image(i: int, size: int = 40) -> np.ndarray:
     return upsampling_fake(img, rng) if i % 2 else img
 
 
-def write_batch(artifacts: Path, batch_id: str, source: Path, n_rows: int, n_images: int | None = None,
-                error_every: int = 7, seed: int = 0) -> list[dict[str, Any]]:
-    """``scores/<batch_id>/`` with ``n_rows`` results; the first ``n_images`` rows have real files in
-    ``source`` (all of them when ``None``); every ``error_every``-th row is an error."""
+def labelled_scores(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (alternating real, deepfake) and plausible scores, for a run without a usable model."""
     rng = np.random.default_rng(seed)
-    n_images = n_rows if n_images is None else n_images
-    source.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_rows):
-        path = f"sub/img_{i:06d}.png" if i % 3 == 0 else f"img_{i:06d}.png"
-        data = b""
-        if i < n_images:
-            data = png_bytes(sample_image(i)) if i % error_every != 3 else b"not an image at all"
-            (source / path).parent.mkdir(parents=True, exist_ok=True)
-            (source / path).write_bytes(data)
-        error = "not an image" if i % error_every == 3 else ""
-        score = None if error else round(float(rng.random()), 6)
-        rows.append({
-            "path": path, "sha256": f"{i:064x}", "bytes": len(data) or 1234, "width": 0 if error else 40,
-            "height": 0 if error else 40, "score": score,
-            "label": "" if error else ("deepfake" if score >= 0.5 else "real"), "threshold": 0.5,
-            "model_version": CHAMPION, "scored_at": "2026-01-03T10:00:00+00:00", "error": error,
-        })
-    folder = artifacts / "scores" / batch_id
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with (folder / "results.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    counts = {"real": sum(r["label"] == "real" for r in rows), "deepfake": sum(r["label"] == "deepfake" for r in rows),
-              "error": sum(bool(r["error"]) for r in rows)}
-    summary = {
-        "batch_id": batch_id, "source": str(source), "model_version": CHAMPION, "threshold": 0.5,
-        "started_at": "2026-01-03T10:00:00+00:00", "finished_at": "2026-01-03T10:01:00+00:00", "total": n_rows,
-        "counts": counts, "errors_by_reason": {"not an image": counts["error"]} if counts["error"] else {},
-        "results": {"csv": f"scores/{batch_id}/results.csv", "jsonl": f"scores/{batch_id}/results.jsonl"},
-        "elapsed_s": 60.0, "files_per_s": round(n_rows / 60.0, 2),
+    y = np.arange(n) % 2
+    return y, np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, n), 0.001, 0.999)
+
+
+def write_run_files(folder: Path, version: str, decision: str, reason: str, seed: int,
+                    test: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
+                    threshold: float) -> dict[str, Any]:
+    """Write what a retraining run publishes besides its model into ``folder``: metrics (:mod:`dfd.evaluate`),
+    history, configuration, quarantine, split manifest and the plots (:func:`dfd.plots.write_plots`).
+    Returns the run record the flow writes once the run is published (``run.json``)."""
+    from dfd import evaluate
+    from dfd.plots import write_plots
+
+    metrics = {"threshold": threshold, "threshold_rule": evaluate.THRESHOLD_RULE, "temperature": 1.0,
+               "test": evaluate.metrics(*test, threshold), "validation": evaluate.metrics(*validation, threshold)}
+    epochs = np.arange(1, 4)
+    history = {"loss": 0.7 / epochs, "val_loss": 0.75 / epochs, "accuracy": 1 - 0.3 / epochs,
+               "val_accuracy": 1 - 0.35 / epochs, "auc": 1 - 0.2 / epochs, "val_auc": 1 - 0.25 / epochs}
+    history = {name: [float(v) for v in values] for name, values in history.items()}
+    files = {
+        layout.METRICS_FILE: metrics,
+        layout.HISTORY_FILE: history,
+        layout.CONFIG_FILE: {"epochs": 3, "arch": "patchnet", "batch_size": 16, "learning_rate": 0.002, "seed": seed},
+        layout.QUARANTINE_FILE: [],
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-    return rows
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=2))
+    (folder / layout.SPLIT_MANIFEST).write_text("path,label,split\nreal/a.png,real,train\n")
+    plots = write_plots(folder, history, *test, threshold)
+    t = metrics["test"]
+    return {
+        "version": version, "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:05:00+00:00",
+        "data_fingerprint": f"{seed:02d}" + "f00d" * 15 + "ab", "data_counts": DATA_COUNTS,
+        "arch": "patchnet", "test_auc": t["roc_auc"], "test_ap": t["average_precision"],
+        "test_accuracy": t["at_threshold"]["accuracy"], "threshold": threshold, "temperature": 1.0,
+        "demo_data": True, "reals_only": False, "plots": plots, "decision": decision, "reason": reason,
+        "champion_before": None,
+    }
+
+
+def publish(artifacts: Path, version: str, record: dict[str, Any], folder: Path, champion: bool = False) -> None:
+    """Publish ``folder`` as run ``version`` as the retraining flow does: the files (``_COMPLETE`` last), the
+    champion pointer when promoted, then the run record."""
+    from dfd.registry import publish_run, set_champion
+    from dfd.storage import open_store
+
+    store = open_store(str(artifacts))
+    publish_run(store, version, folder)
+    if champion:
+        set_champion(store, version, reason=record["reason"])
+    store.write_json(layout.run_key(version, layout.RUN_RECORD), record)
+
+
+def publish_fake_run(artifacts: Path, version: str, decision: str, reason: str, seed: int = 1) -> None:
+    """A complete run without a usable model (only listed, never scored with)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = {"version": version, "threshold": 0.5, "input_spec": {"mode": "crop", "size": 32, "crops": 1},
+                "class_names": ["real", "deepfake"], "arch": "patchnet", "created_at": "2026-01-02T00:05:00+00:00"}
+        (Path(tmp) / layout.METADATA_FILE).write_text(json.dumps(meta))
+        scores = labelled_scores(seed)
+        record = write_run_files(Path(tmp), version, decision, reason, seed, scores, scores, 0.5)
+        publish(artifacts, version, record, Path(tmp))
+
+
+def publish_champion(artifacts: Path, version: str = CHAMPION) -> float:
+    """Train a tiny model, choose its threshold on the sample images as the evaluate task does (maximum
+    balanced accuracy on validation, so that its batches hold both labels), publish it with its run files and
+    make it champion. Returns the threshold."""
+    from helpers import train_tiny_model
+
+    from dfd import evaluate
+    from dfd.model import save_model
+    from dfd.predict import Predictor
+
+    model, metadata = train_tiny_model(per_class=32, epochs=20)
+    predictor = Predictor(model, metadata)
+    y = np.arange(CALIBRATION_IMAGES) % 2
+    validation = y, predictor.score_pixels(sample_image(i) for i in range(CALIBRATION_IMAGES))
+    test = y, predictor.score_pixels(sample_image(500 + i) for i in range(CALIBRATION_IMAGES))
+    threshold = evaluate.choose_threshold(*validation)
+    with tempfile.TemporaryDirectory() as tmp:
+        record = write_run_files(Path(tmp), version, "promoted", "first model: no champion before", 0, test,
+                                 validation, threshold)
+        headline = {k: record[k] for k in ("test_auc", "test_accuracy")}
+        save_model(model, {**metadata, "version": version, "threshold": threshold,
+                           "metrics": {"test": {"roc_auc": headline["test_auc"], "n": CALIBRATION_IMAGES,
+                                                "accuracy": headline["test_accuracy"]}}}, tmp)
+        publish(artifacts, version, record, Path(tmp), champion=True)
+    return threshold
+
+
+def build_store(artifacts: Path, batch_rows: int = 40, batch_id: str = "batch-0001") -> dict[str, Any]:
+    """A store with a real tiny champion (plus its run files and plots), a rejected run and a scored batch."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    threshold = publish_champion(artifacts)
+    publish_fake_run(artifacts, REJECTED, "rejected", "test AUC 0.81 is below the champion's 0.93 - 0.005")
+    source = artifacts.parent / "inbox" / batch_id
+    write_batch(artifacts, batch_id, source, batch_rows)
+    return {"artifacts": artifacts, "champion": CHAMPION, "rejected": REJECTED, "batch_id": batch_id,
+            "source": source, "threshold": threshold}
+
+
+def champion_predictor(artifacts: Path) -> Any:
+    """The champion's predictor, from the process's one model cache (the one the viewer uses too)."""
+    from dfd.predict import load_published
+    from dfd.registry import champion_version
+    from dfd.storage import open_store
+
+    store = open_store(str(artifacts))
+    return load_published(store, str(champion_version(store)), artifacts.parent / "model-cache")
+
+
+def batch_path(i: int) -> str:
+    """File ``i``'s path in a batch; every third is in a folder of its own, and paths sort in the order of ``i``
+    (results are in path order, so row ``i`` is file ``i``)."""
+    return f"img_{i:06d}/face.png" if i % 3 == 0 else f"img_{i:06d}.png"
+
+
+def write_batch(artifacts: Path, batch_id: str, source: Path, n_rows: int, n_images: int | None = None,
+                error_every: int = 7) -> dict[str, Any]:
+    """Score a batch as the scoring flow does: ``n_images`` files (all ``n_rows`` when ``None``) written into
+    ``source``, every ``error_every``-th not an image (file ``i`` with ``i % error_every == 3``), scored by
+    :func:`dfd.scoring.score_folder` with the champion into ``scores/<batch_id>/``. Returns the summary.
+
+    With fewer files than rows (the benchmark's big batch), the other rows are files with the content of the
+    scored ones that are not in ``source``, written by :func:`dfd.scoring.write_results` from the ledger."""
+    from dfd.scoring import score_folder
+
+    n_images = n_rows if n_images is None else n_images
+    for i in range(n_images):
+        path = source / batch_path(i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(sample_image(i)) if i % error_every != 3 else b"not an image at all")
+    predictor = champion_predictor(artifacts)
+    summary = score_folder(str(source), str(artifacts), predictor, predictor.version, batch_id=batch_id,
+                           log_fn=lambda _: None)
+    return summary if n_images == n_rows else pad_batch(artifacts, batch_id, n_rows, predictor)
+
+
+def pad_batch(artifacts: Path, batch_id: str, n_rows: int, predictor: Any) -> dict[str, Any]:
+    """Rewrite a scored batch's results with ``n_rows`` rows: its own, then copies of them under other paths."""
+    from dfd.scoring import Ledger, write_results
+    from dfd.storage import ObjectInfo, open_store
+
+    store = open_store(str(artifacts))
+    prefix = layout.batch_key(batch_id)
+    rows = [json.loads(line) for line in store.read_text(layout.batch_key(batch_id, layout.RESULTS_JSONL)).splitlines()]
+    items = [ObjectInfo(r["path"], r["bytes"], 0.0) for r in rows]
+    sha_of = {r["path"]: r["sha256"] for r in rows}
+    for i in range(n_rows - len(rows)):
+        row = rows[i % len(rows)]
+        items.append(ObjectInfo(f"copies/{i:07d}.png", row["bytes"], 0.0))
+        sha_of[items[-1].key] = row["sha256"]
+    ledger = Ledger(store, prefix, predictor.version).load()
+    counts = write_results(store, prefix, items, sha_of, ledger, {}, threshold=predictor.threshold,
+                           model_version=predictor.version)
+    summary = {**store.read_json(layout.batch_key(batch_id, layout.SUMMARY_JSON)), **counts}
+    store.write_json(layout.batch_key(batch_id, layout.SUMMARY_JSON), summary)
+    return summary
+
+
+def batch_row(artifacts: Path, data: bytes, work: Path) -> dict[str, Any]:
+    """The row batch scoring gives the file ``data`` with the champion of ``artifacts``: the file alone in a
+    folder under ``work``, scored by :func:`dfd.scoring.score_folder` into a store of its own there."""
+    from dfd.scoring import score_folder
+
+    folder = Path(tempfile.mkdtemp(dir=work))
+    (folder / "in").mkdir()
+    (folder / "in" / "upload.png").write_bytes(data)
+    predictor = champion_predictor(artifacts)
+    summary = score_folder(str(folder / "in"), str(folder / "out"), predictor, predictor.version, batch_id="one",
+                           log_fn=lambda _: None)
+    assert summary["errors"] == 0, summary
+    return json.loads((folder / "out" / layout.batch_key("one", layout.RESULTS_JSONL)).read_text())
 
 
 def free_port() -> int:
