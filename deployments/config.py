@@ -46,7 +46,7 @@ DEFAULT_INBOX_INTERVAL_S = int(_DEFAULTS["inbox_interval"])
 DEFAULT_WORK_POOL = str(_DEFAULTS["work_pool"])
 DEFAULT_WORK_POOL_TYPE = str(_DEFAULTS["work_pool_type"])
 
-DEPLOYMENT_NAMES = ("retrain/retrain-nightly", "score-batch/score-inbox")
+DEPLOYMENT_NAMES = ("retrain/retrain-nightly", "score-inbox/score-inbox")
 
 
 class ConfigError(ValueError):

@@ -1,1 +1,1 @@
-"""Prefect flows: retrain and score-batch."""
+"""Prefect flows: retrain, score-folder and score-inbox."""

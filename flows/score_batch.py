@@ -10,8 +10,8 @@ Command line (also installed as ``dfd-score``)::
 (``results.csv``, ``results.jsonl``, ``summary.json``; see :mod:`dfd.scoring`). A missing folder, an empty
 folder or a missing champion model end with a one-line ``error: ...`` and exit status 2; a failure during
 the run exits with 1. The command line is :func:`dfd.cli.score`: options, folder and model are checked
-before Prefect is even imported. ``score-batch`` (:func:`score_batch`) is the entry point the ``score-inbox``
-deployment names in prefect.yaml (``inbox: true``): it runs one of the two flows' recipes in its own run.
+before Prefect is even imported. The ``score-inbox`` deployment in prefect.yaml runs :func:`score_inbox`
+(``flows/score_batch.py:score_inbox``); :func:`score_folder_flow` is the one-folder flow.
 """
 
 from __future__ import annotations
@@ -60,10 +60,6 @@ def _folder_run_name() -> str:
 
 def _inbox_run_name() -> str:
     return f"score inbox {_when()}"
-
-
-def _batch_run_name() -> str:
-    return _inbox_run_name() if (flow_run.parameters or {}).get("inbox") else _folder_run_name()
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -143,26 +139,6 @@ def score_inbox(
     if failures:
         raise RuntimeError(f"{len(failures)} inbox folder(s) failed: " + "; ".join(failures))
     return summaries
-
-
-@flow(name="score-batch", flow_run_name=_batch_run_name, **_HOOKS)
-def score_batch(
-    path: str | None = None,
-    model_version: str | None = None,
-    batch_size: int | None = None,
-    inbox: bool = False,
-    artifacts_url: str | None = None,
-    inbox_url: str | None = None,
-    quiet_seconds: float | None = None,
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """The deployments' entry point (prefect.yaml's ``score-inbox`` runs it with ``inbox: true``): the recipe
-    of :func:`score_inbox` with ``inbox=True`` (a list of summaries), else that of :func:`score_folder_flow`
-    for ``path`` (its summary), in this flow run, so that its artifacts and logs are this run's."""
-    if inbox:
-        return score_inbox.fn(model_version, batch_size, artifacts_url, inbox_url, quiet_seconds)
-    if not path:
-        raise ScoringError("no folder to score: give a path, or inbox=True")
-    return score_folder_flow.fn(path, model_version, batch_size, artifacts_url, inbox_url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -605,7 +605,7 @@ def test_real_retrain_and_scoring_outputs_render(prefect_api, tmp_path, monkeypa
     from helpers import make_dataset
 
     from flows.retrain import retrain
-    from flows.score_batch import score_batch
+    from flows.score_batch import score_folder_flow
 
     monkeypatch.setenv("DFD_WORK_DIR", str(tmp_path / "work"))
     artifacts = tmp_path / "artifacts"
@@ -616,7 +616,7 @@ def test_real_retrain_and_scoring_outputs_render(prefect_api, tmp_path, monkeypa
     assert record["decision"] == "promoted"
     inbox = make_dataset(tmp_path / "inbox" / "today", per_class=4, size=40, seed=9)
     (inbox / "real" / "broken.png").write_bytes(b"not an image")
-    summary = score_batch(path=str(inbox), artifacts_url=str(artifacts), batch_size=4)
+    summary = score_folder_flow(path=str(inbox), artifacts_url=str(artifacts), batch_size=4)
 
     c = create_app({"ARTIFACTS_URL": str(artifacts), "REFRESH_SECONDS": 0, "CACHE_DIR": str(tmp_path / "c")}
                    ).test_client()

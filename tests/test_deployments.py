@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 POOL = "dfd-test-pool"
 RETRAIN = "retrain/retrain-nightly"
-SCORE = "score-batch/score-inbox"
+SCORE = "score-inbox/score-inbox"
 
 
 def _free_port() -> int:
@@ -249,7 +249,7 @@ def test_registered_schedules_are_the_declared_ones(deployed, client):
     assert [s.schedule.interval for s in score.schedules] == [timedelta(seconds=interval)] == [
         timedelta(minutes=5)]
     assert all(s.active for s in retrain.schedules + score.schedules)
-    assert score.parameters == {"inbox": True}
+    assert score.parameters == {}
     for d in (retrain, score):
         assert d.work_pool_name == POOL
         assert d.global_concurrency_limit.limit == 1

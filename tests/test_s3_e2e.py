@@ -64,10 +64,10 @@ def world(s3_data):
 @pytest.fixture(scope="module")
 def scored(world):
     """One inbox scoring run over the S3 inbox (only ready folders), then a second that must find nothing."""
-    from flows.score_batch import score_batch
+    from flows.score_batch import score_inbox
 
-    first = score_batch(inbox=True, quiet_seconds=3600)
-    second = score_batch(inbox=True, quiet_seconds=3600)
+    first = score_inbox(quiet_seconds=3600)
+    second = score_inbox(quiet_seconds=3600)
     return first, second
 
 
@@ -141,7 +141,7 @@ def test_outages_mid_publish_and_mid_scoring_leave_nothing_half_done_and_a_rerun
     s3_data, s3_restartable, monkeypatch
 ):
     from flows.retrain import retrain
-    from flows.score_batch import score_batch
+    from flows.score_batch import score_folder_flow
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("S3_CONNECT_TIMEOUT", "1")
@@ -189,10 +189,10 @@ def test_outages_mid_publish_and_mid_scoring_leave_nothing_half_done_and_a_rerun
 
     monkeypatch.setattr(S3Store, "read_bytes", failing_read)
     with pytest.raises(Exception):  # noqa: B017 - whichever error the flow ends with, it must not succeed
-        score_batch(path=f"{url}/inbox-outage/b1", artifacts_url=artifacts_url)
+        score_folder_flow(path=f"{url}/inbox-outage/b1", artifacts_url=artifacts_url)
     monkeypatch.setattr(S3Store, "read_bytes", real_read)
     server.start()
     assert not [o.key for o in art.list("scores") if o.key.endswith(("summary.json", "results.csv"))]
-    summary = score_batch(path=f"{url}/inbox-outage/b1", artifacts_url=artifacts_url)
+    summary = score_folder_flow(path=f"{url}/inbox-outage/b1", artifacts_url=artifacts_url)
     assert summary["counts"]["error"] == 0 and summary["counts"]["real"] + summary["counts"]["deepfake"] == 6
     assert summary["model_version"] == version

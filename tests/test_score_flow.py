@@ -1,4 +1,4 @@
-"""The score-batch flow and its command: Prefect artifacts, inbox mode, clear errors, and kill -9 resume."""
+"""The score-folder and score-inbox flows and their command: artifacts, inbox mode, clear errors, kill -9 resume."""
 
 from __future__ import annotations
 
@@ -85,10 +85,10 @@ def test_flow_scores_a_folder_and_publishes_a_table_artifact(prefect_api, tmp_pa
 
 
 def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_path, artifacts, monkeypatch):
-    """``score-inbox`` scores each due folder with the listing its poll made (each folder is listed once);
-    ``score-batch`` with ``inbox=True`` (the deployment's entry point) does the same."""
+    """``score-inbox`` (the deployment's entry point) scores each due folder with the listing its poll made
+    (each folder is listed once), and a later poll only what is new or changed."""
     from dfd.storage import LocalStore
-    from flows.score_batch import score_batch, score_inbox
+    from flows.score_batch import score_inbox
 
     inbox = tmp_path / "inbox"
     make_dataset(inbox / "ready-marked", per_class=3, size=40)
@@ -116,12 +116,12 @@ def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_pat
     assert not (artifacts / "scores" / "half-copied").exists()
     assert read_artifact("score-ready-marked") and read_artifact("score-inbox")
 
-    assert score_batch(inbox=True, **kw) == []  # nothing new: nothing scored
+    assert score_inbox(**kw) == []  # nothing new: nothing scored
 
     (inbox / "ready-marked" / "late.png").write_bytes(png_bytes(np.zeros((40, 40, 3), np.uint8)))
     os.utime(inbox / "ready-marked" / "_READY")
     (inbox / "half-copied" / "_READY").write_text("")
-    third = {s["batch_id"]: s for s in score_batch(inbox=True, **kw)}
+    third = {s["batch_id"]: s for s in score_inbox(**kw)}
     assert sorted(third) == ["half-copied", "ready-marked"]
     assert third["ready-marked"]["scored_this_run"] == 1 and third["ready-marked"]["files"] == 7
 
@@ -219,7 +219,7 @@ def test_console_script_is_declared_and_runs():
 
 def test_a_storage_blip_is_retried_and_the_retry_resumes(prefect_api, tmp_path, artifacts, monkeypatch):
     from dfd.storage import LocalStore, StorageError
-    from flows.score_batch import score_batch
+    from flows.score_batch import score_folder_flow
 
     folder = make_dataset(tmp_path / "blip", per_class=6, size=40)
     real_upload = LocalStore.upload_file
@@ -232,7 +232,7 @@ def test_a_storage_blip_is_retried_and_the_retry_resumes(prefect_api, tmp_path, 
         return real_upload(self, local_path, key)
 
     monkeypatch.setattr(LocalStore, "upload_file", flaky_upload)
-    summary = score_batch(path=str(folder), artifacts_url=str(artifacts), batch_size=4)
+    summary = score_folder_flow(path=str(folder), artifacts_url=str(artifacts), batch_size=4)
     assert failed, "the blip was not injected"
     assert summary["files"] == 12 and summary["errors"] == 0
     assert summary["scored_this_run"] == 0  # the retry found every file in the ledger of the failed try

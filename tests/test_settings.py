@@ -9,7 +9,7 @@ from dfd.settings import Settings, SettingsError, ViewerSettings
 
 def test_defaults_then_environment_then_overrides():
     s = Settings.from_env({})
-    assert (s.artifacts_url, s.epochs, s.s3_max_attempts, s.ledger_flush_seconds) == ("artifacts", 20, 5, 1.0)
+    assert (s.artifacts_url, s.epochs, s.s3_max_attempts, s.ledger_flush_seconds) == ("artifacts", 40, 5, 1.0)
     s = Settings.from_env({"DFD_EPOCHS": "7", "ARTIFACTS_URL": "s3://b/a", "DFD_FACE_CROP": "yes"})
     assert (s.epochs, s.artifacts_url, s.face_crop) == (7, "s3://b/a", True)
     # DFD_<NAME> wins over the short alias; an explicit parameter wins over both; None means "not given".
