@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from typing import Any
@@ -61,9 +60,10 @@ def notify(webhook_url: str, text: str, timeout: float = DEFAULT_TIMEOUT_S, **fi
 
 
 def configured_webhook(env: dict[str, str] | None = None) -> str:
-    """The webhook URL from the environment (``DFD_WEBHOOK_URL``, else ``WEBHOOK_URL``), or ``""``."""
-    env = os.environ if env is None else env
-    return env.get("DFD_WEBHOOK_URL") or env.get("WEBHOOK_URL") or ""
+    """The webhook URL of the settings (``DFD_WEBHOOK_URL``, else ``WEBHOOK_URL``), or ``""``."""
+    from dfd.settings import Settings
+
+    return str(Settings.one_from_env("webhook_url", env))
 
 
 def notify_configured(text: str, **fields: Any) -> bool:

@@ -132,6 +132,12 @@ class Settings:
         settings.check()
         return settings
 
+    @classmethod
+    def one_from_env(cls, name: str, env: dict[str, str] | None = None) -> Any:
+        """One setting from defaults and the environment, without reading (or failing on) the others: for
+        code that must work even when another setting is invalid, like the failure webhook."""
+        return _read(cls, env, "DFD_", ENV_ALIASES, {}, only=name).get(name, getattr(cls, name))
+
     @property
     def s3_endpoint(self) -> str | None:
         """The S3 endpoint URL, or ``None`` for AWS itself (the one place an empty setting becomes ``None``)."""
@@ -250,12 +256,15 @@ class ViewerSettings:
 
 
 def _read(cls: type, env: dict[str, str] | None, prefix: str, aliases: dict[str, str],
-          overrides: dict[str, Any]) -> dict[str, Any]:
-    """Field values of ``cls`` from ``<prefix><NAME>`` (or an alias) in ``env``, then non-None ``overrides``."""
+          overrides: dict[str, Any], only: str = "") -> dict[str, Any]:
+    """Field values of ``cls`` (or just the field ``only``) from ``<prefix><NAME>`` (or an alias) in ``env``,
+    then non-None ``overrides``."""
     env = dict(os.environ if env is None else env)
     names = {f.name for f in fields(cls)}
     values: dict[str, Any] = {}
     for f in fields(cls):
+        if only and f.name != only:
+            continue
         var = f"{prefix}{f.name.upper()}"
         raw = env.get(var)
         if (raw is None or raw == "") and f.name in aliases:

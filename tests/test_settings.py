@@ -62,3 +62,11 @@ def test_viewer_settings_from_viewer_variables():
     assert (v.port, v.token, v.page_size) == (9001, "t0k", 20)
     with pytest.raises(SettingsError, match="VIEWER_THREADS is not a valid int"):
         ViewerSettings.from_env({"VIEWER_THREADS": "eight"})
+
+
+def test_one_setting_can_be_read_while_another_is_invalid():
+    env = {"WEBHOOK_URL": "https://hooks.example/x", "DFD_EPOCHS": "ten"}
+    assert Settings.one_from_env("webhook_url", env) == "https://hooks.example/x"
+    assert Settings.one_from_env("webhook_url", {}) == ""
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
