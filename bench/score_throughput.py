@@ -24,7 +24,9 @@ repeated, each copy made unique by trailing bytes after the JPEG end marker, so 
 duplicate).
 
 The model is the champion of ``artifacts/`` when there is one (``--model champion``), else a tiny patchnet
-trained in a few seconds by ``tests/helpers.py`` (``--model tiny``); the table says which.
+trained in a few seconds by ``tests/helpers.py`` (``--model tiny``); ``--store URL [--model-version V]``
+measures a model of any artifact store instead (the real default model trained by ``dfd-retrain``, say). The
+table says which.
 """
 
 from __future__ import annotations
@@ -124,24 +126,29 @@ def repeated(src: Path, n: int, dest: Path) -> Path:
 # --- model ----------------------------------------------------------------------------------------------
 
 
-def model_store(choice: str, work: Path) -> tuple[str, str | None, str]:
-    """(artifacts URL holding the model, version or None for the champion, description)."""
+def model_store(choice: str, work: Path, store_url: str = "",
+                version: str | None = None) -> tuple[str, str | None, str]:
+    """(artifacts URL holding the model, version or None for the champion, description). The model is
+    ``version`` (else the champion) of ``store_url`` (a folder or ``s3://``; default: the checkout's
+    ``artifacts/``), or the tiny test model."""
+    from dfd import layout
     from dfd.registry import champion_version, read_run
-    from dfd.storage import open_store
+    from dfd.settings import Settings
 
-    repo = open_store(ROOT / "artifacts")
-    champ = champion_version(repo) if choice in ("auto", "champion") else None
-    if champ:
-        spec = json.loads((ROOT / "artifacts" / "runs" / champ / "metadata.json").read_text())
-        hp = spec.get("hyperparameters", {})
-        auc = read_run(repo, champ).get("test_auc")
+    url = store_url or str(ROOT / "artifacts")
+    repo = Settings.from_env().store(url)
+    chosen = version or (champion_version(repo) if choice in ("auto", "champion") else None)
+    if chosen:
+        meta = repo.read_json(layout.run_key(chosen, layout.METADATA_FILE))
+        hp = meta.get("hyperparameters", {})
+        auc = read_run(repo, chosen).get("test_auc")
         what = (
-            f"champion {champ} of artifacts/ ({spec.get('arch')}, width {hp.get('width', '?')}, "
-            f"input {spec['input_spec']}, test AUC {auc})"
+            f"{'version' if version else 'champion'} {chosen} of {repo.url} ({meta.get('arch')}, width "
+            f"{hp.get('width', '?')}, input {meta['input_spec']}, test AUC {auc})"
         )
-        return str(ROOT / "artifacts"), champ, what
+        return url, chosen, what
     if choice == "champion":
-        raise SystemExit("error: --model champion but artifacts/ has no champion")
+        raise SystemExit(f"error: --model champion but {repo.url} has no champion")
     from helpers import publish_tiny_model
 
     art = work / "tiny-artifacts"
@@ -152,9 +159,9 @@ def model_store(choice: str, work: Path) -> tuple[str, str | None, str]:
 
 def load(art_url: str, version: str | None):
     from dfd.scoring import load_predictor
-    from dfd.storage import open_store
+    from dfd.settings import Settings
 
-    return load_predictor(open_store(art_url), version, str(CACHE / "models"))
+    return load_predictor(Settings.from_env().store(art_url), version, str(CACHE / "models"))
 
 
 # --- measurements ---------------------------------------------------------------------------------------
@@ -328,6 +335,9 @@ def measure_rss(folder: Path, art_url: str, version: str | None, batch_size: int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=("auto", "champion", "tiny"), default="auto")
+    ap.add_argument("--store", default="", help="artifact store holding the model: a folder or s3://bucket/prefix "
+                    "(default: the checkout's artifacts/)")
+    ap.add_argument("--model-version", help="a published version of --store (default: its champion)")
     ap.add_argument("--images", type=int, default=2000, help="small images for a, b, c")
     ap.add_argument("--camera", type=int, default=200, help="camera-sized images (0: skip)")
     ap.add_argument("--naive", type=int, default=150, help="images timed for the naive loop (b)")
@@ -348,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     CACHE.mkdir(parents=True, exist_ok=True)
-    art_url, version, model_what = model_store(args.model, CACHE)
+    art_url, version, model_what = model_store(args.model, CACHE, args.store, args.model_version)
     predictor, resolved = load(art_url, version)
     small, source = small_images(args.images, CACHE / f"small-{args.images}")
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
