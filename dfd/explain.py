@@ -40,9 +40,9 @@ class GradCam:
             return None, "this model has no convolutional layer to explain"
         h, w = pixels.shape[:2]
         cut, boxes, (fh, fw) = cover_views(pixels, self.predictor.spec, max_tiles, views)
-        note = f"Grad-CAM on layer {self.layer.name!r}"
+        note = "Computed with Grad-CAM from what the model's last image features respond to"
         if fh * fw < h * w:
-            note += f", on the image shrunk to {fw}x{fh} (at most {max_tiles} views)"
+            note += f", on a copy of the image shrunk to {fw}x{fh} (at most {max_tiles} views)"
         cams = self._cams(cut.astype(np.float32))
         acc = np.zeros((fh, fw))
         cnt = np.full((fh, fw), 1e-9)

@@ -315,6 +315,10 @@ def test_classify_page_verdict_score_threshold_version_and_heatmap(client, world
     assert src.startswith("data:image/jpeg;base64,")
     heat = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     assert heat.size == (224, 224)  # small uploads are shown enlarged, never above EXPLAIN_DISPLAY_SIZE
+    caption = html.split('id="heatmap-caption">')[1].split("</figcaption>")[0]
+    # The caption fits the verdict and speaks the user's terms (no internal layer names).
+    wanted = "made it call this image a deepfake" if batch["label"] == "deepfake" else "not enough to call"
+    assert wanted in caption and "layer" not in caption and "Grad-CAM" in caption
     assert sorted(p for p in world.rglob("*") if "cache" not in p.parts) == [
         p for p in before if "cache" not in p.parts
     ]  # nothing stored
@@ -691,3 +695,19 @@ def test_gradcam_for_a_resize_model():
     heat, note = GradCam(Predictor(model, {**metadata, "version": "seed"})).heatmap(sample_image(2, 90)[:70])
     assert heat is not None and heat.shape == (70, 90) and "Grad-CAM" in note
     assert heat.min() >= 0 and heat.max() <= 1
+
+
+@pytest.mark.parametrize("label, wanted", [("deepfake", "made it call this image a deepfake"),
+                                           ("real", "it was not enough to call the image a deepfake")])
+def test_heatmap_caption_fits_each_verdict(tmp_path, label, wanted):
+    from flask import render_template
+
+    from app.champion import Verdict
+
+    app = create_app({"ARTIFACTS_URL": str(tmp_path / "none"), "TESTING": True})
+    verdict = Verdict(label=label, sentence="s", score=0.5, threshold=0.5, model_version="v1", width=8, height=8,
+                      format="PNG", heatmap="data:image/jpeg;base64,AA==", heatmap_note="Computed with Grad-CAM")
+    with app.test_request_context("/classify"):
+        html = render_template("classify.html", verdict=verdict, error=None, token_required=False)
+    caption = html.split('id="heatmap-caption">')[1].split("</figcaption>")[0]
+    assert wanted in caption and "Computed with Grad-CAM." in caption
