@@ -86,7 +86,10 @@ def plot_urls(detail: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def batch_query() -> tuple[str, str, int, int]:
-    """label, sort, offset, limit from the query string (pages use ``page``, the API ``offset``)."""
+    """label, sort, offset, limit from the query string (pages use ``page``, the API ``offset``). A page
+    falls back to the defaults on a value it cannot use; the JSON API answers 400 saying which."""
+    if wants_json():
+        _check_api_query()
     label = request.args.get("label", "")
     label = label if label in RESULT_LABELS else ""
     sort = request.args.get("sort", "file")
@@ -99,6 +102,26 @@ def batch_query() -> tuple[str, str, int, int]:
     else:
         offset = (max(1, _int_arg("page", 1)) - 1) * limit
     return label, sort, offset, limit
+
+
+def _check_api_query() -> None:
+    """400 with a message for a query value the batch API cannot use, instead of silently ignoring it."""
+    args = request.args
+    if args.get("label", "") not in ("", *RESULT_LABELS):
+        abort(400, description=f"label must be one of {', '.join(RESULT_LABELS)}, not {args['label']!r}")
+    if args.get("sort", "file") not in SORTS:
+        abort(400, description=f"sort must be one of {', '.join(SORTS)}, not {args['sort']!r}")
+    max_size = int(current_app.config["MAX_PAGE_SIZE"])
+    for name, low, high in (("limit", 1, max_size), ("offset", 0, None)):
+        if name not in args:
+            continue
+        try:
+            value = int(args[name])
+        except ValueError:
+            abort(400, description=f"{name} must be a whole number, not {args[name]!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            abort(400, description=f"{name} must be {bound}, not {value}")
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -323,8 +346,8 @@ def thumbnail(batch_id: str, index: int):
 def artifact(key: str):
     """A file from inside the artifact store (plots, JSON, CSV); anything else is 404."""
     cat = catalog()
-    key, mimetype = cat.servable(key)
-    resp = Response(cat.read(key), mimetype=mimetype)
+    key, content_type = cat.servable(key)
+    resp = Response(cat.read(key), content_type=content_type)  # the full type: Flask adds no second charset
     resp.headers["Cache-Control"] = "private, max-age=60"
     return resp
 

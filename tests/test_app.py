@@ -208,6 +208,26 @@ def test_batch_page_filters_sorts_and_pages(client, world):
     assert "page 2 of" in page2 and 'rel="prev"' in page2
 
 
+@pytest.mark.parametrize("query, message", [
+    ("label=fake", "label must be one of real, deepfake, error"),
+    ("sort=name", "sort must be one of"),
+    ("limit=ten", "limit must be a whole number"),
+    ("limit=0", "limit must be between 1 and"),
+    ("limit=100000", "limit must be between 1 and"),
+    ("offset=-1", "offset must be at least 0"),
+])
+def test_batch_api_refuses_query_values_it_cannot_use(client, query, message):
+    r = client.get(f"/api/batches/{BATCH}?{query}")
+    assert r.status_code == 400 and message in r.json["error"]
+    # A page is lenient: it falls back to the defaults.
+    assert client.get(f"/batches/{BATCH}?{query}").status_code == 200
+
+
+def test_served_csv_and_json_have_one_charset(client):
+    r = client.get(f"/artifacts/scores/{BATCH}/results.csv")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv; charset=utf-8"
+
+
 def test_batch_api_label_offset_limit_and_sort(client, world):
     rows = batch_rows(world)
     errors = [r for r in rows if r["error"]]
@@ -216,7 +236,7 @@ def test_batch_api_label_offset_limit_and_sort(client, world):
     asc = client.get(f"/api/batches/{BATCH}?sort=score_asc&limit=500").json["rows"]
     scores = [x["score"] for x in asc if x["score"] is not None]
     assert scores == sorted(scores) and len(asc) == 40 and asc[-1]["score"] is None  # errors last
-    assert client.get(f"/api/batches/{BATCH}?limit=100000").json["limit"] == 500  # bounded
+    assert client.get(f"/api/batches/{BATCH}?limit=500").json["limit"] == 500  # the bound itself is allowed
 
 
 def test_batch_csv_download_is_filtered(client, world):
