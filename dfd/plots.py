@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from dfd.layout import PLOT_FILES, PLOTS  # noqa: E402
@@ -29,6 +30,7 @@ def _curve(history: History, key: str, title: str, ylabel: str) -> plt.Figure:
             ax.plot(range(1, len(values) + 1), values, style, ms=3,
                     label="validation" if name.startswith("val_") else "training")
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if ax.lines:
         ax.legend()
     ax.grid(alpha=0.3)
