@@ -126,6 +126,12 @@ def test_reals_only_runs_say_their_test_fakes_are_synthetic(client):
         assert 'id="reals-only-notice"' in html and "the test fakes are synthetic" in html
 
 
+def test_empty_batches_page_says_how_to_score_a_folder(tmp_path):
+    c = create_app({"ARTIFACTS_URL": str(tmp_path / "empty"), "REFRESH_SECONDS": 0}).test_client()
+    html = c.get("/batches").get_data(as_text=True)
+    assert 'id="no-batches"' in html and "dfd-score PATH" in html and "dfd-score --inbox" in html
+
+
 def test_overview_without_champion_explains_what_to_do(tmp_path):
     app = create_app({"ARTIFACTS_URL": str(tmp_path / "empty"), "REFRESH_SECONDS": 0})
     c = app.test_client()
@@ -143,6 +149,8 @@ def test_runs_list_and_run_page(client):
     assert "00f00df00d" in html  # fingerprint (shortened)
     page = client.get(f"/runs/{REJECTED}").get_data(as_text=True)
     assert f"dfd-registry rollback --to {REJECTED}" in page
+    champion = client.get(f"/runs/{CHAMPION}").get_data(as_text=True)
+    assert "rollback --to" not in champion and 'id="is-champion"' in champion  # no hint to promote the champion
     assert "learning_rate" in page  # configuration
     for p in PLOTS:
         assert f"/artifacts/runs/{REJECTED}/{p}.png" in page
