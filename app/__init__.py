@@ -8,6 +8,7 @@ It only reads the artifact store (through :mod:`dfd.storage` and :mod:`dfd.regis
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -55,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["dfd_source_stores"] = {}
 
     app.jinja_env.filters["num"] = _num
+    app.jinja_env.filters["when"] = _when
     app.jinja_env.filters["pct"] = _pct
     app.jinja_env.filters["short"] = lambda s, n=12: (str(s)[:n] + "…") if s and len(str(s)) > n else (s or "")
     # Templates name store keys and result labels as the writers do (dfd.layout), not with copies.
@@ -72,6 +74,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return response
 
     return app
+
+
+def _when(value: Any) -> str:
+    """An ISO 8601 time as people read it (``2026-12-02 05:43:10 UTC``), '–' when missing; anything that is
+    not such a time is shown as it is."""
+    if not value:
+        return "–"
+    try:
+        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if t.tzinfo is not None else "")
 
 
 def _num(value: Any, digits: int = 4) -> str:

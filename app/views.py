@@ -76,7 +76,8 @@ def champion_view() -> dict[str, Any] | None:
         "threshold": threshold,
         "metric_rows": metric_rows(metrics, fallback=detail["metadata_metrics"]),
         "confusion": confusion(metrics),
-        "trained_at": run.get("finished_at") or metadata.get("created_at") or run.get("started_at"),
+        # When the model was saved after training (the run itself finishes later, with the promotion).
+        "trained_at": metadata.get("created_at") or run.get("finished_at") or run.get("started_at"),
         "data_counts": run.get("data_counts") or {},
     }
 

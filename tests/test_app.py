@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -105,7 +106,7 @@ def test_overview_shows_champion_metrics_plots_runs_and_batches(client):
                          ("Accuracy on deepfakes", test["at_threshold"]["per_class_accuracy"]["deepfake"])]:
         assert label in html
         assert f"{value:.4f}" in html
-    assert "In production since" in html and "Trained at" in html and "2026-01-01T00:05:00+00:00" in html
+    assert "In production since" in html and "Trained at" in html and "2026-01-01 00:05:00 UTC" in html
     assert "<td>70</td>" in html  # train counts
     srcs = [f"/artifacts/runs/{CHAMPION}/{p}.png" for p in PLOTS]
     for src in srcs:
@@ -151,7 +152,7 @@ def test_runs_list_and_run_page(client):
     assert f"dfd-registry rollback --to {REJECTED}" in page
     champion = client.get(f"/runs/{CHAMPION}").get_data(as_text=True)
     assert "rollback --to" not in champion and 'id="is-champion"' in champion  # no hint to promote the champion
-    assert "learning_rate" in page  # configuration
+    assert "<td><code>learning_rate</code></td>" in page.split('id="config"')[1]  # configuration, as a table
     for p in PLOTS:
         assert f"/artifacts/runs/{REJECTED}/{p}.png" in page
 
@@ -739,3 +740,15 @@ def test_heatmap_caption_fits_each_verdict(tmp_path, label, wanted):
         html = render_template("classify.html", verdict=verdict, error=None, token_required=False)
     caption = html.split('id="heatmap-caption">')[1].split("</figcaption>")[0]
     assert wanted in caption and "Computed with Grad-CAM." in caption
+
+
+def test_times_are_shown_as_people_read_them(client):
+    from app import _when
+
+    assert _when("2026-12-02T05:43:10.123456+00:00") == "2026-12-02 05:43:10 UTC"
+    assert _when("2026-12-02T06:43:10+01:00") == "2026-12-02 05:43:10 UTC"
+    assert _when("2026-12-02T05:43:10Z") == "2026-12-02 05:43:10 UTC"
+    assert _when(None) == "–" and _when("not a time") == "not a time"
+    html = client.get("/").get_data(as_text=True)
+    facts = html.split("In production since")[1].split("</dl>")[0]
+    assert re.match(r"</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</dd>", facts), facts[:60]
