@@ -87,49 +87,45 @@ def plot_urls(detail: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def batch_query() -> tuple[str, str, int, int]:
-    """label, sort, offset, limit from the query string (pages use ``page``, the API ``offset``). A page
-    falls back to the defaults on a value it cannot use; the JSON API answers 400 saying which."""
-    if wants_json():
-        _check_api_query()
-    label = request.args.get("label", "")
-    label = label if label in RESULT_LABELS else ""
-    sort = request.args.get("sort", "file")
-    sort = sort if sort in SORTS else "file"
+    """label, sort, offset, limit from the query string (pages use ``page``, the API ``offset``)."""
+    label = _query_value("label", "", choices=RESULT_LABELS)
+    sort = _query_value("sort", "file", choices=SORTS)
     max_size = int(current_app.config["MAX_PAGE_SIZE"])
-    limit = _int_arg("limit", _int_arg("per_page", int(current_app.config["PAGE_SIZE"])))
-    limit = min(max(1, limit), max_size)
+    per_page = _query_value("per_page", int(current_app.config["PAGE_SIZE"]), low=1, high=max_size)
+    limit = _query_value("limit", per_page, low=1, high=max_size)
     if "offset" in request.args:
-        offset = max(0, _int_arg("offset", 0))
+        offset = _query_value("offset", 0, low=0)
     else:
-        offset = (max(1, _int_arg("page", 1)) - 1) * limit
+        offset = (_query_value("page", 1, low=1) - 1) * limit
     return label, sort, offset, limit
 
 
-def _check_api_query() -> None:
-    """400 with a message for a query value the batch API cannot use, instead of silently ignoring it."""
-    args = request.args
-    if args.get("label", "") not in ("", *RESULT_LABELS):
-        abort(400, description=f"label must be one of {', '.join(RESULT_LABELS)}, not {args['label']!r}")
-    if args.get("sort", "file") not in SORTS:
-        abort(400, description=f"sort must be one of {', '.join(SORTS)}, not {args['sort']!r}")
-    max_size = int(current_app.config["MAX_PAGE_SIZE"])
-    for name, low, high in (("limit", 1, max_size), ("offset", 0, None)):
-        if name not in args:
-            continue
-        try:
-            value = int(args[name])
-        except ValueError:
-            abort(400, description=f"{name} must be a whole number, not {args[name]!r}")
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            abort(400, description=f"{name} must be {bound}, not {value}")
-
-
-def _int_arg(name: str, default: int) -> int:
-    try:
-        return int(request.args.get(name, default))
-    except (TypeError, ValueError):
+def _query_value(name: str, default: Any, *, choices: tuple[str, ...] | None = None, low: int = 0,
+                 high: int | None = None) -> Any:
+    """One query-string value (``default`` when absent or empty): a word from ``choices``, else a whole number
+    from ``low`` to ``high``. A value that cannot be used is a 400 saying why in the JSON API; a page falls
+    back instead, to ``default`` (a wrong word, not a number) or to the nearest bound (out of range)."""
+    raw = request.args.get(name, "")
+    if raw == "":
         return default
+    if choices is not None:
+        if raw in choices:
+            return raw
+        problem, fallback = f"{name} must be one of {', '.join(choices)}, not {raw!r}", default
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            problem, fallback = f"{name} must be a whole number, not {raw!r}", default
+        else:
+            fallback = max(low, value) if high is None else min(max(low, value), high)
+            if fallback == value:
+                return value
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            problem = f"{name} must be {bound}, not {value}"
+    if wants_json():
+        abort(400, description=problem)
+    return fallback
 
 
 def batch_rows(table: ResultTable, label: str, sort: str, offset: int, limit: int) -> tuple[int, list[dict]]:

@@ -151,7 +151,7 @@ class Settings:
         return open_store(url, **self.s3_options())
 
     def s3_options(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`dfd.s3.S3Store`: the endpoint and the client options."""
+        """Keyword arguments for :class:`dfd.storage.s3.S3Store`: the endpoint and the client options."""
         return {"endpoint_url": self.s3_endpoint, "max_attempts": self.s3_max_attempts,
                 "retry_mode": self.s3_retry_mode, "connect_timeout": self.s3_connect_timeout,
                 "read_timeout": self.s3_read_timeout, "max_pool_connections": self.s3_max_pool_connections}

@@ -235,6 +235,10 @@ def test_batch_api_refuses_query_values_it_cannot_use(client, query, message):
 def test_served_csv_and_json_have_one_charset(client):
     r = client.get(f"/artifacts/scores/{BATCH}/results.csv")
     assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv; charset=utf-8"
+    r = client.get(f"/artifacts/scores/{BATCH}/summary.json")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    r = client.get(f"/artifacts/scores/{BATCH}/results.jsonl")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/x-ndjson"
 
 
 def test_batch_api_label_offset_limit_and_sort(client, world):

@@ -35,11 +35,12 @@ from dfd.storage import LocalStore, open_store
 ROOT = Path(__file__).resolve().parents[1]
 FILES = 36
 PAUSE_SECONDS = 240  # the longest wait for the child to reach its kill point (a cold start is ~20 s)
+KILL_REAP_SECONDS = 300
 
 # Runs in the child before the command's main(): pauses the command at DFD_KILL_POINT ("what[:n]") after
 # writing one line to the pipe DFD_PAUSE_FD, so that the parent can kill it exactly there.
 CHILD = r"""
-import os, sys, tempfile, time
+import os, signal, sys, tempfile
 sys.path.insert(0, os.environ["DFD_ROOT"])
 from dfd import scoring
 from dfd.storage import local as storage  # LocalStore and the atomic write it calls
@@ -50,7 +51,7 @@ pipe = int(os.environ["DFD_PAUSE_FD"])
 def pause(what):
     os.write(pipe, f"paused at {what}\n".encode())
     while True:
-        time.sleep(60)
+        signal.pause()  # until the parent's SIGKILL
 
 if point == "ledger-chunk":  # after the n-th ledger chunk is on disk: mid-inference
     append = scoring.Ledger.append
@@ -145,7 +146,7 @@ def run_until_killed(point: str, folder: Path, env: dict[str, str], log: Path) -
             pytest.fail(f"the command {state} within {PAUSE_SECONDS} s (kill point {point}); its output:\n"
                         + log.read_text(errors="replace")[-3000:])
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9, the command and anything it started
-        proc.wait(timeout=60)
+        _reap(proc)
         assert proc.returncode == -signal.SIGKILL
         return said.strip()
     finally:
@@ -153,7 +154,15 @@ def run_until_killed(point: str, folder: Path, env: dict[str, str], log: Path) -
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
+            _reap(proc)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a SIGKILLed child to be gone (the kernel does it at once; the bound is for a loaded machine)."""
+    try:
+        proc.wait(timeout=KILL_REAP_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the killed command (pid {proc.pid}) was still not gone after {KILL_REAP_SECONDS} s")
 
 
 def ledger_paths(prefix: Path) -> set[str]:
@@ -249,14 +258,14 @@ def tiny_tmpfs(tmp_path):
     if shutil.which("mount") is None:
         pytest.skip("no mount command: the size-limited store below covers a full disk instead")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): the size-limited "
                     "store below covers a full disk instead")
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=120)
 
 
 def leftovers(root: Path) -> list[str]:

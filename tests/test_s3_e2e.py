@@ -17,8 +17,8 @@ from helpers import make_dataset
 from PIL import Image
 
 from dfd.registry import COMPLETE, champion_version, is_complete, list_versions, read_champion, run_key
-from dfd.s3 import S3Store
 from dfd.storage import open_store
+from dfd.storage.s3 import S3Store
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ import pytest
 from s3server import free_port
 
 from dfd.registry import COMPLETE, champion_version, is_complete, list_versions, publish_run, run_key, set_champion
-from dfd.s3 import S3Store
 from dfd.storage import StorageError, open_store
+from dfd.storage.s3 import S3Store
 
 pytestmark = pytest.mark.s3
 

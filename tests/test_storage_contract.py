@@ -37,7 +37,7 @@ def test_the_backends_import_without_a_cycle_and_boto3_only_for_s3():
     checks = (
         "import sys, dfd.storage; assert 'boto3' not in sys.modules; dfd.storage.open_store('x')",
         "import dfd.storage.s3, dfd.storage; assert dfd.storage.S3Store is dfd.storage.s3.S3Store",
-        "import dfd.s3, dfd.storage.local, dfd.storage.base; assert dfd.s3.S3Store.child",
+        "import dfd.storage.local, dfd.storage.base; assert dfd.storage.local.LocalStore.child",
     )
     for code in checks:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -418,7 +418,7 @@ def test_set_champion_racing_from_two_threads(store, tmp_path):
 
 @pytest.mark.s3
 def test_s3_listing_paginates_over_more_than_1000_keys(s3_env):
-    from dfd.s3 import S3Store
+    from dfd.storage.s3 import S3Store
 
     store = S3Store(s3_env, endpoint_url=os.environ["S3_ENDPOINT_URL"])
     keys = [f"inbox/{i:05d}.png" for i in range(1005)]

@@ -79,17 +79,15 @@ class S3Store(Store):
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.endpoint_url = (endpoint_url or "").strip() or None
         self.page_size = page_size
-        # Options not given here come from the settings (the one reader of the environment).
-        from dfd.settings import Settings
+        given = {"max_attempts": max_attempts, "retry_mode": retry_mode, "connect_timeout": connect_timeout,
+                 "read_timeout": read_timeout, "max_pool_connections": max_pool_connections}
+        if any(not v for v in given.values()):  # the rest come from the settings, the one reader of the environment
+            from dfd.settings import Settings
 
-        d = Settings.from_env().s3_options()
-        self._options = {
-            "max_attempts": int(max_attempts or d["max_attempts"]),
-            "retry_mode": retry_mode or d["retry_mode"],
-            "connect_timeout": connect_timeout or d["connect_timeout"],
-            "read_timeout": read_timeout or d["read_timeout"],
-            "max_pool_connections": int(max_pool_connections or d["max_pool_connections"]),
-        }
+            defaults = Settings.from_env().s3_options()
+            given = {k: v or defaults[k] for k, v in given.items()}
+        self._options = {**given, "max_attempts": int(given["max_attempts"]),
+                         "max_pool_connections": int(given["max_pool_connections"])}
         self.client = _client(self.endpoint_url, self._options)
         self._transfer = TransferConfig(**TRANSFER, max_io_queue=100)
         # Called with the bytes transferred so far by upload_file/download_file (progress, fault tests).
