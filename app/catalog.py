@@ -9,6 +9,7 @@ and batches appear without a restart); a batch's results are parsed once per cha
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -39,6 +40,7 @@ from dfd.layout import (
     SCORES,
     SUMMARY_JSON,
     batch_key,
+    model_caveat,
     run_key,
 )
 from dfd.storage import NotFound, ObjectInfo, StorageError, Store, clean_key
@@ -58,6 +60,11 @@ SORTS = ("file", "score_desc", "score_asc")
 RESULTS_FILES = {"jsonl": RESULTS_JSONL, "csv": RESULTS_CSV}
 LABEL_CODES = {name: i for i, name in enumerate(RESULT_LABELS)}  # a row's label -> its code in a ResultTable
 ERROR_CODE = LABEL_CODES[ERROR_LABEL]
+
+
+class Rescoring(Exception):
+    """The results file does not match the summary that describes it: the batch is being scored again (the
+    scorer withdraws ``summary.json``, rewrites the results, then writes the new summary last)."""
 
 
 def safe_name(name: str) -> str:
@@ -99,6 +106,7 @@ class ResultTable:
     columns: dict[str, list[Any]]
     scores: np.ndarray  # float64, NaN where the row has no score
     label_codes: np.ndarray  # index into RESULT_LABELS: 0 real, 1 deepfake, 2 error
+    sha256: str = ""  # of the results file these rows were parsed from
     _orders: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -296,7 +304,20 @@ class Catalog:
             "plots": plots,
             "files": sorted(files),
             "is_champion": version == self.champion_version(),
+            "caveat": model_caveat(metadata if isinstance(metadata, dict) else None, run),
         }
+
+    def model_caveat(self, version: Any) -> dict[str, str] | None:
+        """The caveat on the verdicts of model ``version`` (:func:`dfd.layout.model_caveat`: demo data,
+        synthetic fakes only), from its metadata and run record; ``None`` when there is none or no such run."""
+        if not isinstance(version, str) or not SAFE_NAME.match(version):
+            return None
+        try:
+            run = self.run_summary(version)
+        except NotFound:
+            return None
+        metadata = self._json(run_key(version, METADATA_FILE))
+        return model_caveat(metadata if isinstance(metadata, dict) else None, run)
 
     # --- batches --------------------------------------------------------------------------------------
     def batch_ids(self) -> list[str]:
@@ -313,6 +334,8 @@ class Catalog:
             raise NotFound(f"unknown batch {batch_id!r}")
         summary = dict(summary)
         summary.setdefault("batch_id", batch_id)
+        if "model_caveat" not in summary:  # scored before summaries carried it: ask the model, if still there
+            summary["model_caveat"] = self.model_caveat(summary.get("model_version"))
         return summary
 
     def batches(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -346,24 +369,36 @@ class Catalog:
         raise NotFound(f"batch {batch_id!r} has no results file")
 
     def results(self, batch_id: str) -> ResultTable:
-        """The batch's parsed results, re-parsed only when the results object changed."""
+        """The batch's parsed results, re-parsed only when the results object changed. Raises
+        :class:`Rescoring` when the file is not the one its summary describes (``results_sha256``; summaries
+        written before it had none are trusted)."""
         summary = self.batch_summary(batch_id)
         key, kind = self._cache.get(("results-key", batch_id), lambda: self._results_key(batch_id, summary))
         info = self._cache.get(("stat", key), lambda: self.store.stat(key))
         signature = (key, info.size, info.mtime)
+        digests = summary.get("results_sha256")
+        expected = str(digests.get(kind) or "") if isinstance(digests, dict) else ""
+
+        def checked(table: ResultTable) -> ResultTable:
+            if expected and table.sha256 != expected:
+                raise Rescoring(f"batch {batch_id!r} is being scored again; its results will be back in a moment")
+            return table
+
         with self._tables_lock:
             table = self._tables.get(batch_id)
             if table is not None and table.signature == signature:
                 self._tables.move_to_end(batch_id)
-                return table
+                return checked(table)
             lock = self._parse_locks.setdefault(batch_id, threading.Lock())
         with lock:  # one parse per batch at a time; others wait for it
             with self._tables_lock:
                 table = self._tables.get(batch_id)
                 if table is not None and table.signature == signature:
-                    return table
-            columns, scores, codes = parse_results(self.store.read_bytes(key), kind)
-            table = ResultTable(signature, columns, scores, codes)
+                    return checked(table)
+            data = self.store.read_bytes(key)
+            columns, scores, codes = parse_results(data, kind)
+            table = ResultTable(signature, columns, scores, codes, hashlib.sha256(data).hexdigest())
+            checked(table)
             with self._tables_lock:
                 self._tables[batch_id] = table
                 self._tables.move_to_end(batch_id)

@@ -23,8 +23,9 @@ from app.gate import Gate
 from dfd import registry
 from dfd.explain import GradCam, bounded, data_uri, overlay
 from dfd.imageio import decode_image
+from dfd.layout import caveat_needs_run, model_caveat
 from dfd.predict import Predictor, load_published
-from dfd.storage import Store
+from dfd.storage import StorageError, Store
 
 REAL_SENTENCE = "This is a Real Image!"
 FAKE_SENTENCE = "This is a Deepfake Image!"
@@ -48,6 +49,7 @@ class Verdict:
     format: str
     heatmap: str | None = None  # data: URI of the overlay, when asked for
     heatmap_note: str = ""
+    caveat: dict[str, str] | None = None  # what the model's verdicts are worth (dfd.layout.model_caveat)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class Verdict:
             "width": self.width,
             "height": self.height,
             "format": self.format,
+            "model_caveat": self.caveat,
             **({"heatmap": self.heatmap, "heatmap_note": self.heatmap_note} if self.heatmap else {}),
         }
 
@@ -79,6 +82,7 @@ class ModelHolder:
         self._checked = 0.0
         self._load_lock = threading.Lock()
         self._warm_version: str | None = None
+        self._caveat: tuple[str, dict[str, str] | None] | None = None  # (version, its caveat)
         self.run_lock = threading.Lock()  # one inference at a time: the CPU is the bottleneck anyway
 
     @property
@@ -99,6 +103,22 @@ class ModelHolder:
                 self._predictor = load_published(self.store, version, self.cache_dir)
             self._checked = time.monotonic()
             return self._predictor
+
+    def caveat(self, predictor: Predictor) -> dict[str, str] | None:
+        """The caveat on ``predictor``'s verdicts, once per version: from its metadata, and from its run record
+        when the metadata predates the flags (``None`` if that cannot be read: nothing says otherwise)."""
+        known = self._caveat
+        if known is not None and known[0] == predictor.version:
+            return known[1]
+        run = None
+        if caveat_needs_run(predictor.metadata):
+            try:
+                run = registry.read_run(self.store, predictor.version)
+            except (registry.RegistryError, StorageError):
+                run = None
+        caveat = model_caveat(predictor.metadata, run)
+        self._caveat = (predictor.version, caveat)
+        return caveat
 
     def gradcam(self, predictor: Predictor) -> GradCam:
         """The Grad-CAM explainer of ``predictor``, made once per loaded model."""
@@ -152,6 +172,7 @@ class ModelHolder:
                 width=width,
                 height=height,
                 format=fmt,
+                caveat=self.caveat(predictor),
             )
             if heat is not None and small is not None:
                 if shrunk and "shrunk" not in note:

@@ -21,7 +21,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from app.catalog import SORTS, Catalog, ResultTable, iter_csv, safe_name
+from app.catalog import SORTS, Catalog, Rescoring, ResultTable, iter_csv, safe_name
 from app.champion import ModelHolder, NoModel, Verdict
 from app.config import open_config_store
 from app.gate import Busy
@@ -79,6 +79,7 @@ def champion_view() -> dict[str, Any] | None:
         # When the model was saved after training (the run itself finishes later, with the promotion).
         "trained_at": metadata.get("created_at") or run.get("finished_at") or run.get("started_at"),
         "data_counts": run.get("data_counts") or {},
+        "caveat": detail["caveat"],
     }
 
 
@@ -405,6 +406,7 @@ def api_champion():
         "trained_at": champ["trained_at"],
         "threshold": champ["threshold"],
         "data_counts": champ["data_counts"],
+        "model_caveat": champ["caveat"],
         "metrics": d["metrics"],
         "run": d["run"],
         "plots": {p["name"]: p["url"] for p in plot_urls(d)},
@@ -421,6 +423,7 @@ def api_run(version: str):
     d = catalog().run_detail(version)
     return jsonify(json_safe({
         **{k: d[k] for k in ("version", "run", "metrics", "metadata", "config", "files", "is_champion")},
+        "model_caveat": d["caveat"],
         "plots": {p["name"]: p["url"] for p in plot_urls(d)},
         "rollback_command": ROLLBACK_COMMAND.format(version=version),
     }))
@@ -453,6 +456,14 @@ def api_predict():
 def not_found_error(exc: NotFound):
     """What was asked for is not in the store (or may not be served): 404, before the 503 of other errors."""
     return _error(404, str(exc))
+
+
+@bp.app_errorhandler(Rescoring)
+def rescoring_error(exc: Rescoring):
+    """A batch caught between its new results and its new summary: 503, try again shortly."""
+    response, status = _error(503, str(exc))
+    response.headers["Retry-After"] = "5"
+    return response, status
 
 
 @bp.app_errorhandler(HTTPException)

@@ -9,17 +9,24 @@ environment variable         default (the file)  meaning
 ===========================  ==================  ====================================================
 ``RETRAIN_CRON``             ``0 2 * * *``       cron of ``retrain-nightly``
 ``RETRAIN_TIMEZONE``         ``UTC``             IANA time zone the cron is read in
-``SCORE_INBOX_INTERVAL``     ``300``             seconds between ``score-inbox`` polls
-``DFD_WORK_POOL``            ``dfd-process``     work pool both deployments are sent to
+``SCORE_INBOX_INTERVAL``     ``300``             seconds between checks of the inbox watch
+``DFD_WORK_POOL``            each its own        one work pool both deployments are sent to instead
 ``DFD_WORK_POOL_TYPE``       ``process``         type of the pool the stack creates if it is missing
 ``DFD_REPO_DIR``             the deploy's cwd    folder the worker changes into before a run (pull step)
+``DFD_ALERT_URL``            (off)               Apprise URL the alert automations notify (never in a file)
 ===========================  ==================  ====================================================
+
+Placement: ``prefect.yaml`` names each deployment's work pool (``retrain_work_pool``, ``score_work_pool``;
+:func:`deployment_pools`), so retraining and scoring can run on different machines; ``DFD_WORK_POOL`` sends
+both to one pool.
+
+Cron and time zone are checked by Prefect's own ``CronSchedule`` (what the server will accept), with a one-line
+error naming the variable.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,8 @@ def file_defaults(prefect_file: Path = PREFECT_FILE) -> dict[str, Any]:
     import yaml
 
     defaults = (yaml.safe_load(prefect_file.read_text()).get("definitions") or {}).get("defaults") or {}
-    missing = {"retrain_cron", "timezone", "inbox_interval", "work_pool", "work_pool_type"} - set(defaults)
+    missing = {"retrain_cron", "timezone", "inbox_interval", "work_pool", "work_pool_type", "retrain_work_pool",
+               "score_work_pool"} - set(defaults)
     if missing:
         raise ValueError(f"{prefect_file}: definitions.defaults lacks {sorted(missing)}")
     return defaults
@@ -47,6 +55,9 @@ DEFAULT_WORK_POOL = str(_DEFAULTS["work_pool"])
 DEFAULT_WORK_POOL_TYPE = str(_DEFAULTS["work_pool_type"])
 
 DEPLOYMENT_NAMES = ("retrain/retrain-nightly", "score-inbox/score-inbox")
+# Placement: each deployment's own work pool, as prefect.yaml names it (retraining and scoring may differ).
+DEFAULT_DEPLOYMENT_POOLS = dict(zip(DEPLOYMENT_NAMES, (str(_DEFAULTS["retrain_work_pool"]),
+                                                       str(_DEFAULTS["score_work_pool"])), strict=True))
 
 
 class ConfigError(ValueError):
@@ -63,6 +74,13 @@ def work_pool(env: Mapping[str, str] | None = None) -> str:
     return _get(os.environ if env is None else env, "DFD_WORK_POOL", DEFAULT_WORK_POOL)
 
 
+def deployment_pools(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The work pool of each deployment: the one ``prefect.yaml`` names for it, or ``DFD_WORK_POOL`` for both."""
+    env = os.environ if env is None else env
+    one = _get(env, "DFD_WORK_POOL", "")
+    return {name: one or pool for name, pool in DEFAULT_DEPLOYMENT_POOLS.items()}
+
+
 def work_pool_type(env: Mapping[str, str] | None = None) -> str:
     """The work pool type the stack creates (``DFD_WORK_POOL_TYPE``)."""
     return _get(os.environ if env is None else env, "DFD_WORK_POOL_TYPE", DEFAULT_WORK_POOL_TYPE)
@@ -71,16 +89,19 @@ def work_pool_type(env: Mapping[str, str] | None = None) -> str:
 def schedule_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Cron, time zone and polling interval, validated so a typo fails at deploy time, not at 02:00."""
     env = os.environ if env is None else env
+    from prefect.client.schemas.schedules import CronSchedule  # the server's own check of cron and zone
+    from pydantic import ValidationError
+
     cron = _get(env, "RETRAIN_CRON", DEFAULT_RETRAIN_CRON)
-    if len(cron.split()) not in (5, 6) or not re.fullmatch(r"[\w*/,\-? ]+", cron):
-        raise ConfigError(f"RETRAIN_CRON is not a cron expression: {cron!r}")
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError:
+        raise ConfigError(f"RETRAIN_CRON is not a cron expression: {cron!r}") from None
     timezone = _get(env, "RETRAIN_TIMEZONE", DEFAULT_TIMEZONE)
     try:
-        from zoneinfo import ZoneInfo
-
-        ZoneInfo(timezone)
-    except Exception:  # noqa: BLE001 - any failure means the name is unusable
-        raise ConfigError(f"RETRAIN_TIMEZONE is not a known time zone: {timezone!r}") from None
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValidationError:
+        raise ConfigError(f"RETRAIN_TIMEZONE is not a known time zone (IANA name): {timezone!r}") from None
     raw_interval = _get(env, "SCORE_INBOX_INTERVAL", str(DEFAULT_INBOX_INTERVAL_S))
     try:
         interval = int(float(raw_interval))

@@ -1,4 +1,5 @@
-"""Thin wrappers around the ``prefect`` command line: health check, work pool, deploy.
+"""Thin wrappers around the ``prefect`` command line: health check, work pool, deploy; plus the alerts
+(a notification block and automations from ``deployments/automations.yaml``), made with Prefect's client.
 
 They shell out on purpose: ``prefect --no-prompt deploy --all`` is exactly what an operator runs by hand,
 and the CLI fills in each pool type's default job template.
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from deployments.config import (
     DEFAULT_INBOX_INTERVAL_S,
@@ -128,6 +130,75 @@ def deploy_all(env: Mapping[str, str], pool: str | None = None, cwd: Path = REPO
         return run_cli(args, env, cwd=cwd).stdout
 
 
+AUTOMATIONS_FILE = REPO_ROOT / "deployments" / "automations.yaml"
+
+
+def load_alerts(path: Path = AUTOMATIONS_FILE) -> dict[str, Any]:
+    """The notification block and the automations declared in ``path``, validated by Prefect's own models
+    (so a typo fails before anything is created)."""
+    import yaml
+    from prefect.automations import AutomationCore
+
+    spec = yaml.safe_load(path.read_text())
+    block = spec["notification_block"]
+    if not {"type", "name", "url_env"} <= set(block):
+        raise StackError(f"{path}: notification_block needs type, name and url_env")
+    for automation in spec["automations"]:  # validate with a placeholder block id
+        AutomationCore.model_validate(_with_block(automation, "00000000-0000-0000-0000-000000000000"))
+    return spec
+
+
+def _with_block(automation: dict[str, Any], block_id: str) -> dict[str, Any]:
+    """``automation`` with ``block_document_id`` set on each of its send-notification actions."""
+    actions = [{**a, "block_document_id": block_id} if a.get("type") == "send-notification" else a
+               for a in automation.get("actions") or []]
+    return {**automation, "actions": actions}
+
+
+def ensure_alerts(env: Mapping[str, str], path: Path = AUTOMATIONS_FILE, out=print) -> dict[str, str]:
+    """Create or update (by name) the notification block and the automations of ``path`` on
+    ``env["PREFECT_API_URL"]``; returns ``{automation name: "created" | "updated"}``.
+
+    Nothing is created when the block's URL variable (``DFD_ALERT_URL``) is unset: that is said on ``out``.
+    Re-running updates in place, so a re-deploy never duplicates an automation or the block.
+    """
+    spec = load_alerts(path)
+    block_spec = spec["notification_block"]
+    url = (env.get(block_spec["url_env"]) or "").strip()
+    if not url:
+        out(f"alerts: off ({block_spec['url_env']} is not set): no notification block or automation created")
+        return {}
+    from prefect.automations import AutomationCore
+    from prefect.blocks.core import Block
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = env.get("PREFECT_API_URL") or os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise StackError("alerts need a Prefect server: PREFECT_API_URL is not set")
+    result: dict[str, str] = {}
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        block_cls = Block.get_block_class_from_key(block_spec["type"])
+        extra = {"notify_type": "failure"} if "notify_type" in block_cls.model_fields else {}
+        block_id = block_cls(url=url, **extra).save(block_spec["name"], overwrite=True)
+        with get_client(sync_client=True) as client:
+            for declared in spec["automations"]:
+                wanted = AutomationCore.model_validate(_with_block(declared, str(block_id)))
+                existing = client.read_automations_by_name(wanted.name)
+                if existing:
+                    keep, *duplicates = sorted(existing, key=lambda a: str(a.id))
+                    client.update_automation(keep.id, wanted)
+                    for duplicate in duplicates:  # made by hand or an older deploy: one automation per name
+                        client.delete_automation(duplicate.id)
+                    result[wanted.name] = "updated"
+                else:
+                    client.create_automation(wanted)
+                    result[wanted.name] = "created"
+    out(f"alerts: notification block {block_spec['type']}/{block_spec['name']} ({block_spec['url_env']}); "
+        + ", ".join(f"{name} {how}" for name, how in result.items()))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m deployments.deploy pool|deploy``: create the pool, or deploy, on $PREFECT_API_URL."""
     import argparse
@@ -142,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ensure_work_pool(env)
         print(deploy_all(env))
+        ensure_alerts(env)
     return 0
 
 

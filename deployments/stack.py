@@ -1,4 +1,5 @@
-"""Start and stop the local stack: Prefect server, work pool, deployments, a worker and the viewer.
+"""Start and stop the local stack: Prefect server, work pool, deployments, a worker, the inbox watch
+(``flows/inbox_check.py``: starts ``score-inbox`` when a folder is due) and the viewer.
 
     python -m deployments.stack up        # start everything, wait until healthy, print the URLs
     python -m deployments.stack status    # what is running
@@ -10,7 +11,17 @@ SQLite database), ``logs/*.log`` and ``pids.json`` (the process ids ``down`` sto
 in their own process groups, so ``down`` also stops the flow-run processes a worker spawned.
 
 With ``PREFECT_API_URL`` set in the environment, no local server is started: the pool, the deployments and
-the worker go to that server instead (``DFD_WORK_POOL`` / ``DFD_WORK_POOL_TYPE`` choose the pool).
+the worker go to that server instead (``DFD_WORK_POOL`` / ``DFD_WORK_POOL_TYPE`` choose the pool). With
+``DFD_ALERT_URL`` set, the alerts of ``deployments/automations.yaml`` are created too (see ``deploy.py``).
+
+Why the server is started and stopped here, not with ``prefect server start --background`` / ``prefect server
+stop`` (Prefect 3.9):
+
+* start: ``--background`` pipes the server's output to a pipe nobody reads (no ``logs/server.log`` to tell why
+  it failed) and returns before the server is healthy, so ``up`` would still spawn, log and wait itself;
+* stop: ``prefect server stop`` sends one SIGTERM to the pid in its pid file and returns at once, while ``down``
+  must also stop the worker, the viewer and the flow runs they spawned (process groups) and wait until each
+  is gone (so the port is free for the next ``up``), and the worker needs a second signal.
 """
 
 from __future__ import annotations
@@ -26,11 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployments.config import REPO_ROOT, work_pool, work_pool_type
+from deployments.config import REPO_ROOT, schedule_settings, work_pool, work_pool_type
 from deployments.deploy import (
     PREFECT,
     StackError,
     deploy_all,
+    ensure_alerts,
     ensure_work_pool,
     is_healthy,
     offline_env,
@@ -42,8 +54,8 @@ STACK_DIR = REPO_ROOT / ".stack"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 DEFAULT_VIEWER_PORT = 8000
-# Stop order: the worker first (no new runs), then the viewer, then the server.
-STOP_ORDER = ("worker", "viewer", "server")
+# Stop order: the inbox watch and the worker first (no new runs), then the viewer, then the server.
+STOP_ORDER = ("inbox-watch", "worker", "viewer", "server")
 
 
 def _pids_file(stack_dir: Path) -> Path:
@@ -154,13 +166,22 @@ def up(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, viewer_port: int = DE
         out(f"work pool {pool!r} ({work_pool_type(env)}): {'created' if created else 'exists'}")
         deploy_all(env, pool)
         out("deployments registered: " + ", ".join(_deployment_names(env)))
+        ensure_alerts(env, out=out)
 
+        if with_viewer and viewer_command() is not None:  # retrain runs link their plots to the stack's viewer
+            env.setdefault("VIEWER_URL", f"http://{host}:{viewer_port}")
         if with_worker:
             worker = _spawn("worker", PREFECT + ["worker", "start", "--pool", pool, "--name", "dfd-local-worker"],
                             env, stack_dir)
             state["pids"]["worker"] = worker.pid
             _write_state(stack_dir, state)
             out(f"worker started (pid {worker.pid}) on pool {pool!r}")
+            every = schedule_settings(env)["inbox_interval"]  # the light inbox check: starts score-inbox when due
+            watch = _spawn("inbox-watch", [sys.executable, "-m", "flows.inbox_check", "--every", str(every)], env,
+                           stack_dir)
+            state["pids"]["inbox-watch"] = watch.pid
+            _write_state(stack_dir, state)
+            out(f"inbox watch started (pid {watch.pid}): checks the inbox every {every} s")
         else:
             out(f"worker: skipped; start one where pool {pool!r} should run: prefect worker start --pool {pool}")
 

@@ -183,6 +183,13 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbox-url", metavar="DIR|s3://...", help=f"inbox for --inbox {_default('inbox_url')}")
     p.add_argument("--quiet-seconds", type=float, metavar="S",
                    help=f"seconds without change that make an inbox folder ready {_default('quiet_seconds')}")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="score on a local Dask cluster of N worker processes, 0 = in this process "
+                        f"{_default('score_workers')}")
+    p.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                   help="score on the existing Dask cluster of this scheduler (default: $DFD_DASK_ADDRESS or none)")
+    p.add_argument("--shard-files", type=int, metavar="N",
+                   help=f"files per shard on a Dask cluster {_default('score_shard_files')}")
     return p
 
 
@@ -215,7 +222,8 @@ def score(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env(artifacts_url=args.artifacts, inbox_url=args.inbox_url,
-                                     quiet_seconds=args.quiet_seconds)
+                                     quiet_seconds=args.quiet_seconds, score_workers=args.workers,
+                                     dask_address=args.dask_address, score_shard_files=args.shard_files)
         check_score_inputs(args, settings)
         use_checkout("dfd-score")
     except (ScoringError, RegistryError, StorageError, SettingsError, CheckoutError) as exc:

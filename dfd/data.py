@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.fft import dctn
 
 from dfd import csvsafe
 from dfd.imageio import ImageError, decode_image, has_image_extension, read_input
@@ -120,11 +119,11 @@ def discover(store: Store, optional: tuple[str, ...] = ()) -> tuple[list[tuple[O
 
 
 def perceptual_hash(pixels: np.ndarray) -> int:
-    """64-bit DCT perceptual hash: robust to re-encoding and small resizes, for near-duplicate grouping."""
-    gray = Image.fromarray(pixels).convert("L").resize((32, 32), Image.Resampling.BILINEAR)
-    coeffs = dctn(np.asarray(gray, dtype=np.float64), norm="ortho")[:8, :8].reshape(-1)
-    bits = coeffs[1:] > np.median(coeffs[1:])
-    return int(sum(1 << i for i, b in enumerate(bits) if b))
+    """64-bit DCT perceptual hash, ``imagehash.phash``, as an int (its hex string, as the manifest stores it):
+    robust to re-encoding and small resizes, for near-duplicate grouping by Hamming distance."""
+    import imagehash  # only the data stage needs it
+
+    return int(str(imagehash.phash(Image.fromarray(pixels), hash_size=8)), 16)
 
 
 def inspect(store: Store, obj: ObjectInfo, label: str, max_pixels: int, max_bytes: int) -> Item | Quarantined:
@@ -284,7 +283,7 @@ def group_near_duplicates(items: Iterable[Item], max_distance: int, group_by: st
             by_name.setdefault(name, i)
     hashes = [it.phash for it in items]
     n_bands = max_distance + 1
-    edges = np.linspace(0, 64, n_bands + 1).astype(int)
+    edges = [int(e) for e in np.linspace(0, 64, n_bands + 1)]  # Python ints: a 64-bit hash overflows int64
     for b in range(n_bands):
         width = edges[b + 1] - edges[b]
         mask = (1 << width) - 1

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dfd.layout import SUMMARY_JSON
 from dfd.scoring import Scan, batch_id_for, results_prefix, scan_folder
 from dfd.storage import NotFound, StorageError, Store, join
+
+if TYPE_CHECKING:
+    from dfd.settings import Settings
 
 
 @dataclass
@@ -95,3 +98,9 @@ def inbox_states(
     return [
         folder_state(inbox, artifacts, name, marker, quiet_seconds, now, endpoint_url) for name in inbox.list_dirs("")
     ]
+
+
+def settings_states(settings: Settings) -> list[FolderState]:
+    """:func:`inbox_states` of the inbox, artifact store, marker and quiet time the ``settings`` give."""
+    return inbox_states(settings.store(settings.inbox_url), settings.store(settings.artifacts_url),
+                        settings.ready_marker, settings.quiet_seconds, endpoint_url=settings.s3_endpoint_url)

@@ -63,7 +63,8 @@ RESULT_LABELS = (*SCORE_LABELS, ERROR_LABEL)
 
 # Keys of summary.json that every reader may rely on (the scorer writes more).
 SUMMARY_KEYS = ("files", "scored", "errors", "counts", "errors_by_reason", "batch_id", "source", "model_version",
-                "threshold", "started_at", "finished_at", "duration_s", "files_per_s", "status", "results")
+                "threshold", "started_at", "finished_at", "duration_s", "files_per_s", "status", "results",
+                "model_caveat")
 
 
 def run_key(version: str, name: str = "") -> str:
@@ -74,6 +75,39 @@ def run_key(version: str, name: str = "") -> str:
 def batch_key(batch_id: str, name: str = "") -> str:
     """The key of ``name`` inside batch ``batch_id``'s results (its folder when ``name`` is empty)."""
     return "/".join(p for p in (SCORES, batch_id, name) if p)
+
+
+# --- the caveat on a model's verdicts -------------------------------------------------------------------------
+# The metadata (and run.json) flags that say what a model was trained on; a run made before the metadata
+# carried them has them in its run record only.
+CAVEAT_FLAGS = ("demo_data", "reals_only")
+TRAIN_ON_REAL_DATA = ("To train on real data: put real images in DIR/real/ and labelled deepfakes in DIR/df/, "
+                      "then run `dfd-retrain --data DIR` (README, Retraining).")
+CAVEATS = {
+    "demo-data": "This model was trained on the synthetic demo data (make demo), not on real deepfakes: its "
+                 "verdicts on real images mean nothing.",
+    "synthetic-fakes-only": "This model was trained without labelled deepfakes (real images plus synthetic fakes "
+                            "made from them): how well it catches real deepfakes has not been measured.",
+}
+
+
+def model_caveat(metadata: dict[str, Any] | None, run: dict[str, Any] | None = None) -> dict[str, str] | None:
+    """The warning every verdict of a model carries, from its metadata sidecar: ``{"kind", "message",
+    "hint"}`` for a model trained on the demo data (``demo-data``) or without labelled deepfakes
+    (``synthetic-fakes-only``), ``None`` for one trained on real labelled data or when nothing says otherwise.
+    ``run`` (its ``run.json``) answers for a flag the metadata lacks (models trained before it had them)."""
+    metadata, run = metadata or {}, run or {}
+
+    def flag(name: str) -> bool:
+        return bool(metadata[name] if name in metadata else run.get(name))
+
+    kind = "demo-data" if flag("demo_data") else "synthetic-fakes-only" if flag("reals_only") else None
+    return None if kind is None else {"kind": kind, "message": CAVEATS[kind], "hint": TRAIN_ON_REAL_DATA}
+
+
+def caveat_needs_run(metadata: dict[str, Any] | None) -> bool:
+    """Whether the metadata lacks a flag :func:`model_caveat` reads, so that ``run.json`` must be read too."""
+    return not all(k in (metadata or {}) for k in CAVEAT_FLAGS)
 
 
 # --- the metrics table --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Optional notifications to a Slack-compatible incoming webhook.
 
-Called when a flow run fails, when a challenger model is rejected, and when a scoring batch holds files
-that could not be read. Off when no URL is configured (``WEBHOOK_URL`` / ``DFD_WEBHOOK_URL``).
+Called when a challenger model is rejected, when a scoring batch holds files that could not be read, and
+when a flow run fails where no server exists (see :func:`flow_failure_hook`; on a server, Prefect's
+automations alert instead). Off when no URL is configured (``WEBHOOK_URL`` / ``DFD_WEBHOOK_URL``).
 
 A notification must never break the job that sends it: :func:`notify` returns ``False`` instead of raising,
 and gives up after a short timeout. The body is Slack's ``{"text": ...}``; extra ``fields`` are appended to
@@ -72,11 +73,15 @@ def notify_configured(text: str, **fields: Any) -> bool:
 
 
 def flow_failure_hook(flow: Any, flow_run: Any, state: Any) -> None:
-    """A Prefect ``on_failure`` / ``on_crashed`` hook: report the failed run to the configured webhook.
+    """A Prefect ``on_failure`` / ``on_crashed`` hook: report the failed run to the configured webhook, only
+    when the run has no server of its own (a command on Prefect's temporary server, ``PREFECT_API_URL``
+    unset). On a server the automations of ``deployments/automations.yaml`` report failures, crashes and late
+    runs, which a hook cannot (a run that never started, a dead worker), so the hook stays quiet there.
 
-    Use as ``@flow(on_failure=[flow_failure_hook], on_crashed=[flow_failure_hook])``. Reads only attributes,
-    so this module does not import Prefect.
+    Use as ``@flow(on_failure=[flow_failure_hook], on_crashed=[flow_failure_hook])``.
     """
+    if _has_server():
+        return
     name = getattr(flow, "name", "flow")
     run_name = getattr(flow_run, "name", "")
     notify_configured(
@@ -87,6 +92,13 @@ def flow_failure_hook(flow: Any, flow_run: Any, state: Any) -> None:
         deployment_id=getattr(flow_run, "deployment_id", None),
         message=getattr(state, "message", None),
     )
+
+
+def _has_server() -> bool:
+    """``True`` when Prefect talks to a configured server (``PREFECT_API_URL``), not a temporary one."""
+    from prefect.settings import get_current_settings  # a hook runs inside a flow run: Prefect is loaded
+
+    return bool(get_current_settings().api.url)
 
 
 def _short(value: Any, limit: int = 500) -> str:

@@ -67,6 +67,8 @@ def model_metadata(settings: Settings, validated: S, spec: S, config: S, trainin
         "class_names": list(SCORE_LABELS),
         "data_fingerprint": validated["fingerprint"],
         "data_counts": validated["counts"],
+        "demo_data": bool(validated.get("demo_data")),  # these two say what the verdicts are worth
+        "reals_only": bool(validated.get("reals_only")),  # (dfd.layout.model_caveat)
         "hyperparameters": config,
         "max_image_pixels": settings.max_image_pixels,
         "versions": versions,

@@ -27,6 +27,7 @@ ENV_ALIASES = {
     "inbox_url": "INBOX_URL",
     "s3_endpoint_url": "S3_ENDPOINT_URL",
     "webhook_url": "WEBHOOK_URL",
+    "viewer_url": "VIEWER_URL",
     "s3_max_attempts": "AWS_MAX_ATTEMPTS",
     "s3_retry_mode": "AWS_RETRY_MODE",
     "s3_connect_timeout": "S3_CONNECT_TIMEOUT",
@@ -122,9 +123,18 @@ class Settings:
     ledger_flush_seconds: float = 1.0
     ready_marker: str = "_READY"
     quiet_seconds: float = 60.0
+    # Scoring engine (docs/SCALING.md): 0 workers and no address score in the flow's own process; N workers
+    # start a local Dask cluster of N worker processes for the run; an address (tcp://host:8786) uses that
+    # existing Dask cluster. Either way a batch is cut into shards of score_shard_files files.
+    score_workers: int = 0
+    dask_address: str = ""
+    score_shard_files: int = 256
 
     # Notifications (off when empty).
     webhook_url: str = ""
+    # The viewer's address as a browser reaches it (http://host:port, empty: unknown). When set, a retrain run's
+    # Prefect artifacts show its plots as images the viewer serves and link to its run page.
+    viewer_url: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -182,6 +192,11 @@ class Settings:
             raise SettingsError("stall_epochs must be >= 0 and max_train_attempts >= 1")
         if self.ledger_flush_seconds < 0:
             raise SettingsError("ledger_flush_seconds must be >= 0")
+        if self.score_workers < 0 or self.score_shard_files < 1:
+            raise SettingsError("score_workers must be >= 0 and score_shard_files >= 1")
+        if self.score_workers and self.dask_address.strip():
+            raise SettingsError("give score_workers (a local Dask cluster) or dask_address (an existing one), "
+                                "not both")
         if self.s3_max_attempts < 1 or self.s3_max_pool_connections < 1:
             raise SettingsError("s3_max_attempts and s3_max_pool_connections must be at least 1")
         if self.s3_connect_timeout <= 0 or self.s3_read_timeout <= 0:
@@ -194,7 +209,7 @@ class Settings:
                            "s3_max_attempts", "s3_retry_mode", "s3_connect_timeout", "s3_read_timeout",
                            "s3_max_pool_connections", "work_dir", "webhook_url", "score_batch_size",
                            "ledger_flush_seconds", "ready_marker", "quiet_seconds", "promotion_tolerance",
-                           "min_auc"})
+                           "min_auc", "viewer_url", "score_workers", "dask_address", "score_shard_files"})
 
     def model_settings(self) -> dict[str, Any]:
         """The settings that shape the trained model (split, augmentation, architecture, training): a retrain on

@@ -116,6 +116,18 @@ class _EpochLog(keras.callbacks.Callback):
         self.log(f"epoch {epoch + 1}/{self.epochs} {shown} ({dt:.1f}s, {self.n_images / max(dt, 1e-9):.0f} img/s)")
 
 
+class _EpochProgress(keras.callbacks.Callback):
+    """Calls ``progress(epochs_done, epochs)`` after each epoch: the caller's hook (the flow's progress artifact;
+    this module knows nothing of Prefect)."""
+
+    def __init__(self, progress: Callable[[int, int], None], epochs: int):
+        super().__init__()
+        self.progress, self.epochs = progress, epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.progress(epoch + 1, self.epochs)
+
+
 LN2 = math.log(2.0)
 STALL_LOSS_MARGIN = 0.005  # a training loss above ln 2 minus this counts as pinned
 STALL_AUC_MARGIN = 0.01  # a validation AUC below 0.5 plus this, in every epoch, means nothing was learned
@@ -195,6 +207,7 @@ def train(
     max_attempts: int = 3,
     stall_lr_factor: float = 0.5,
     plateau_patience: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
     """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
 
@@ -205,7 +218,8 @@ def train(
     A stalled try (see the module docstring) is restarted with seed ``seed + 1000 * k`` and learning rate
     ``learning_rate * stall_lr_factor ** k`` for try ``k``; ``stall_epochs = 0`` turns the check off. With
     ``plateau_patience`` > 0 the learning rate halves after that many epochs without a better validation AUC
-    (down to 1/16 of the start).
+    (down to 1/16 of the start). ``progress``, when given, is called with (epochs done, ``epochs``) after each
+    epoch (a restarted try counts from its own first epoch again).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +252,8 @@ def train(
                                               restore_best_weights=True),
                 _EpochLog(log, epochs, len(train_entries)),
             ]
+            if progress is not None:
+                callbacks.append(_EpochProgress(progress, epochs))
             if plateau_patience > 0:
                 callbacks.insert(-1, keras.callbacks.ReduceLROnPlateau(
                     monitor="val_auc", mode="max", factor=0.5, patience=plateau_patience, min_lr=try_lr / 16))

@@ -1,5 +1,9 @@
 """The ``retrain`` flow: validate data -> augment -> train -> evaluate -> publish plots -> promote.
 
+In Prefect's UI a run shows its training progress (``retrain-training``), its metrics table with the
+promotion decision (``retrain-metrics``), its plots (``retrain-plots``; images and a link to the viewer's run
+page when ``VIEWER_URL`` is set) or, when nothing changed, ``retrain-unchanged``.
+
 Run it with ``python -m flows.retrain`` (or ``dfd-retrain``). Without ``PREFECT_API_URL`` Prefect starts a
 temporary local server for the run; with it, the run shows up in that server's UI. The command line is
 :func:`dfd.cli.retrain`: it checks the options, settings and data before Prefect is even imported.
@@ -99,6 +103,7 @@ def retrain(
     log.info("stage 6/6: publish the run and decide on promotion")
     published = t.publish_run(settings, validated)
     decision = t.promote(settings, validated, evaluated)
+    t.publish_artifacts(settings, validated, evaluated, plot_files, published, decision)
     record = t.record_run(settings, started, validated, synthetic, trained, evaluated, plot_files, published,
                           decision)
     if record["decision"] == "rejected":

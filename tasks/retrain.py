@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.runtime import flow_run
 
 from dfd import augment, data, evaluate, layout, plots, promotion, record, registry, synthfake
@@ -23,6 +28,7 @@ from dfd.demo import DEMO_NOTE
 from dfd.settings import Settings
 from dfd.storage import StorageError, Store
 from dfd.train import Entry
+from tasks.progress import Progress
 
 S = dict[str, Any]
 
@@ -147,6 +153,8 @@ def check_changes(settings: Settings, validated: S, started: str, force: bool) -
         _rename_run(f"{name} unchanged")
         log.info("data and model settings unchanged since the last successful run %s (fingerprint %s): nothing "
                  "to do; pass force=true to retrain anyway", previous.get("version"), fp[:12])
+        create_markdown_artifact(key="retrain-unchanged", markdown=unchanged_markdown(fp, previous.get("version")),
+                                 description="This run found nothing to do")
         return record.unchanged_result(fp)
     if same_data and changed:
         log.info("data unchanged, but model settings changed since run %s: %s", previous.get("version"),
@@ -200,6 +208,8 @@ def train_model(settings: Settings, validated: S, synthetic: S) -> S:
     key = record.training_key(validated["fingerprint"], {**config, "spec": spec})
     log.info("training %s on %d images (%d synthetic), validating on %d; input %s",
              settings.arch, len(train_entries), len(synth), len(val_entries), spec)
+    bar = Progress("retrain-training", f"Run {validated['version']}: epochs of at most {settings.epochs} trained "
+                                       "(early stopping may end sooner)")
     model, history, stats = train(
         train_entries, val_entries, _stores(settings)[:2], arch=settings.arch, spec=spec, epochs=settings.epochs,
         batch_size=settings.batch_size, learning_rate=settings.learning_rate, width=settings.width,
@@ -208,8 +218,9 @@ def train_model(settings: Settings, validated: S, synthetic: S) -> S:
         robust_aug=settings.robust_aug, scale_aug=settings.scale_aug,
         scale_aug_min=settings.scale_aug_min, weights_path=settings.weights_path,
         stall_epochs=settings.stall_epochs, max_attempts=settings.max_train_attempts,
-        plateau_patience=settings.lr_plateau_patience,
+        plateau_patience=settings.lr_plateau_patience, progress=bar,
     )
+    bar.finish(f"Run {validated['version']}: trained {stats['epochs_run']} of at most {settings.epochs} epochs")
     metadata = record.model_metadata(settings, validated, spec, config, stats, versions=library_versions(),
                                      git_revision=record.git_revision(), created_at=record.utc_stamp())
     save_model(model, metadata, run_dir)
@@ -258,24 +269,69 @@ def _cell(value: Any, count: bool = False) -> str:
 
 @task(name="publish-plots")
 def publish_plots(settings: Settings, validated: S, evaluated: S) -> list[str]:
-    """Draw the plots into the run folder and publish the metrics as Prefect artifacts."""
+    """Draw the plots into the run folder (published with it by ``publish-run``); returns their file names."""
     run_dir = Path(validated["run_dir"])
     y, scores = record.read_test_scores(run_dir / layout.TEST_SCORES_FILE)
     history = json.loads((run_dir / layout.HISTORY_FILE).read_text())
-    files = plots.write_plots(run_dir, history, y, scores, evaluated["threshold"])
-    rows = layout.metric_rows(json.loads(Path(evaluated["metrics"]).read_text()))
-    table = [{"metric": r["name"], "test": _cell(r["test"], r.get("count", False)),
-              "validation": _cell(r["validation"], r.get("count", False))} for r in rows]
-    create_table_artifact(key="retrain-metrics", table=table,
-                          description=f"Run {validated['version']}: test and validation metrics "
-                                      f"(threshold {evaluated['threshold']:.3f})")
-    where = settings.store(settings.artifacts_url).describe(layout.run_key(validated["version"]))
-    create_markdown_artifact(
-        key="retrain-plots",
-        markdown=f"## Run `{validated['version']}`\nPlots in `{where}`:\n\n"
-                 + "\n".join(f"- `{f}`" for f in files),
-        description="Where this run's plots are")
-    return files
+    return plots.write_plots(run_dir, history, y, scores, evaluated["threshold"])
+
+
+def metrics_table(metrics: S, decision: S) -> list[dict[str, str]]:
+    """The ``retrain-metrics`` table: one row per metric (test, validation), then the promotion decision, which
+    is taken on the test split (its reason in the test column)."""
+    rows = [{"metric": r["name"], "test": _cell(r["test"], r.get("count", False)),
+             "validation": _cell(r["validation"], r.get("count", False))} for r in layout.metric_rows(metrics)]
+    rows.append({"metric": "decision", "test": f"{decision['decision']}: {decision['reason']}", "validation": ""})
+    return rows
+
+
+def viewer_links(viewer_url: str, version: str, files: list[str]) -> tuple[str, dict[str, str]]:
+    """The viewer's page of run ``version`` and the URL it serves each plot file at (``/artifacts/<key>``)."""
+    base = viewer_url.rstrip("/")
+    return (f"{base}/runs/{version}",
+            {name: f"{base}/artifacts/{layout.run_key(version, name)}" for name in files})
+
+
+def unchanged_markdown(fingerprint: str, previous_version: str | None) -> str:
+    """What the ``retrain-unchanged`` artifact says."""
+    return (f"## Nothing to do\n\nThe data (fingerprint `{fingerprint[:12]}`) and the model settings are unchanged "
+            f"since the last successful run `{previous_version}`: no model was trained. Run with `force=true` "
+            "(`dfd-retrain --force`) to retrain anyway.")
+
+
+@task(name="publish-artifacts")
+def publish_artifacts(settings: Settings, validated: S, evaluated: S, plot_files: list[str], published: S,
+                      decision: S) -> list[str]:
+    """Show the run in Prefect's UI: the metrics table with the promotion decision, and the plots.
+
+    The artifact store is not a web server, but the viewer serves its files: with ``viewer_url`` set each plot
+    becomes an image artifact (``retrain-plot-<name>``) and ``retrain-run`` links to the viewer's run page;
+    ``retrain-plots`` always lists where the plot files are. Returns the artifact keys."""
+    version = validated["version"]
+    metrics = json.loads(Path(evaluated["metrics"]).read_text())
+    create_table_artifact(key="retrain-metrics", table=metrics_table(metrics, decision),
+                          description=f"Run {version}: test and validation metrics (threshold "
+                                      f"{evaluated['threshold']:.3f}); decision {decision['decision'].upper()}")
+    keys = ["retrain-metrics", "retrain-plots"]
+    lines = [f"## Run `{version}`", f"Decision: **{decision['decision']}**: {decision['reason']}", "",
+             f"Plots in `{published['where']}`:", ""]
+    if settings.viewer_url:
+        page, urls = viewer_links(settings.viewer_url, version, plot_files)
+        create_link_artifact(key="retrain-run", link=page, link_text=f"run {version} in the viewer",
+                             description=f"Run {version}: plots, metrics and configuration in the viewer")
+        keys.append("retrain-run")
+        for name, url in urls.items():
+            stem = name.rsplit(".", 1)[0]  # the plot names (dfd.layout.PLOTS) are valid key parts
+            create_image_artifact(image_url=url, key=f"retrain-plot-{stem}",
+                                  description=f"Run {version}: {layout.PLOTS.get(stem, stem)}")
+            keys.append(f"retrain-plot-{stem}")
+        lines += [f"- [{name}]({url})" for name, url in urls.items()]
+        lines += ["", f"[Run {version} in the viewer]({page})"]
+    else:
+        lines += [f"- `{name}`" for name in plot_files]
+        lines += ["", "Set `VIEWER_URL` (the viewer's address) to see them here as images."]
+    create_markdown_artifact(key="retrain-plots", markdown="\n".join(lines), description="This run's plots")
+    return keys
 
 
 @task(name="publish-run", retries=3, retry_delay_seconds=[2, 10, 30])

@@ -35,6 +35,7 @@ from viewer_fixtures import (
 
 from app import create_app
 from app.champion import FAKE_SENTENCE, REAL_SENTENCE
+from dfd import layout
 
 BATCH = "batch-0001"
 
@@ -306,6 +307,74 @@ def test_thumbnail_refuses_paths_leaving_the_source(client, world):
     assert client.get(f"/batches/{BATCH}/thumb/1.jpg").status_code == 404
 
 
+# --- the caveat on a demo model's verdicts --------------------------------------------------------------
+DEMO_WARNING = 'id="model-caveat" data-kind="demo-data"'
+
+
+def republish_champion(world: Path, **metadata) -> None:
+    """Publish the champion's files again with ``metadata`` added to its sidecar (as a run trained after the
+    sidecar carried the data flags), through the registry, so that ``_COMPLETE`` matches."""
+    from dfd.registry import publish_run
+    from dfd.storage import open_store
+
+    run = world / "artifacts" / "runs" / CHAMPION
+    folder = world / "republish"
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("_COMPLETE"))
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**meta, **metadata}))
+    publish_run(open_store(str(world / "artifacts")), CHAMPION, folder)
+
+
+def test_a_demo_models_verdicts_say_so_everywhere(client, world):
+    """The fixture's champion was trained on the demo data (its run record says so; its sidecar predates the
+    flags): every place a verdict of it appears warns and says how to train on real data."""
+    hint = "dfd-retrain --data DIR"
+    for url in ("/", f"/runs/{CHAMPION}", f"/batches/{BATCH}"):
+        html = client.get(url).get_data(as_text=True)
+        assert DEMO_WARNING in html and hint in html, url
+    assert "demo-data" in client.get("/batches").get_data(as_text=True)
+    stored = json.loads((world / "artifacts" / "scores" / BATCH / "summary.json").read_text())
+    assert stored["model_caveat"]["kind"] == "demo-data"  # written by the scorer, not made up by the viewer
+    listed = client.get("/api/batches").json["batches"]
+    assert [b["model_caveat"]["kind"] for b in listed] == ["demo-data"]
+    assert client.get(f"/api/batches/{BATCH}").json["summary"]["model_caveat"] == stored["model_caveat"]
+    for url in ("/api/champion", f"/api/runs/{CHAMPION}"):
+        assert client.get(url).json["model_caveat"]["kind"] == "demo-data", url
+    predicted = upload(client, png_bytes(sample_image(2, 48))).json
+    assert predicted["model_caveat"]["kind"] == "demo-data" and hint in predicted["model_caveat"]["hint"]
+    page = upload(client, png_bytes(sample_image(2, 48)), url="/classify").get_data(as_text=True)
+    assert DEMO_WARNING in page and hint in page
+
+
+@pytest.mark.parametrize("flags, kind", [({"demo_data": False, "reals_only": False}, None),
+                                         ({"demo_data": False, "reals_only": True}, "synthetic-fakes-only")])
+def test_the_sidecar_decides_the_caveat(world, tmp_path, flags, kind):
+    """A model whose sidecar says it was trained on real labelled data gets no warning, even where its run
+    record says demo (the sidecar wins); one trained without labelled deepfakes gets its own warning. A batch
+    scored with it records that, and a summary from before the key renders from the model's files."""
+    republish_champion(world, **flags)
+    write_batch(world / "artifacts", "batch-later", world / "inbox" / "later", 3)
+    client = make_app(world).test_client()
+    assert upload(client, png_bytes(sample_image(2, 48))).json["model_caveat"] == (
+        kind and {"kind": kind, "message": layout.CAVEATS[kind], "hint": layout.TRAIN_ON_REAL_DATA})
+    pages = [upload(client, png_bytes(sample_image(2, 48)), url="/classify").get_data(as_text=True),
+             client.get(f"/runs/{CHAMPION}").get_data(as_text=True),
+             client.get("/batches/batch-later").get_data(as_text=True)]
+    for html in pages:
+        assert ('id="model-caveat"' in html) == (kind is not None)
+        assert kind is None or f'data-kind="{kind}"' in html
+    summary_path = world / "artifacts" / "scores" / "batch-later" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert (summary["model_caveat"] or {}).get("kind") == kind
+    del summary["model_caveat"]  # as an older scorer wrote it: the viewer asks the model
+    summary_path.write_text(json.dumps(summary))
+    assert (client.get("/api/batches/batch-later").json["summary"]["model_caveat"] or {}).get("kind") == kind
+    summary["model_version"] = "20990101-000000-gone00"  # and a model that is gone: no warning, still renders
+    summary_path.write_text(json.dumps(summary))
+    html = client.get("/batches/batch-later")
+    assert html.status_code == 200 and 'id="model-caveat"' not in html.get_data(as_text=True)
+
+
 # --- live data ------------------------------------------------------------------------------------------
 def test_new_runs_batches_and_rows_appear_without_restart(client, world):
     assert "20270101-000000-newrun" not in client.get("/runs").get_data(as_text=True)
@@ -317,6 +386,20 @@ def test_new_runs_batches_and_rows_appear_without_restart(client, world):
     assert client.get("/api/batches/batch-0001").json["total"] == 40
     write_batch(world / "artifacts", BATCH, world / "inbox" / BATCH, 45)  # 5 more files: rescored
     assert client.get("/api/batches/batch-0001").json["total"] == 45  # results re-read after they changed
+
+
+def test_results_that_do_not_match_their_summary_are_a_503_not_a_mix(client, world):
+    """A reader caught between a rescoring's new results file and its new summary (``results_sha256``) gets
+    a 503 with Retry-After, never rows of one run counted by the summary of another."""
+    jsonl = world / "artifacts" / "scores" / BATCH / "results.jsonl"
+    assert "results_sha256" in json.loads((jsonl.parent / "summary.json").read_text())
+    jsonl.write_text("".join(jsonl.read_text().splitlines(keepends=True)[:10]))  # another run's rows
+    for url in (f"/batches/{BATCH}", f"/api/batches/{BATCH}", f"/batches/{BATCH}/results.csv"):
+        r = client.get(url)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5", (url, r.status_code)
+        assert "being scored again" in r.get_data(as_text=True), url
+    write_batch(world / "artifacts", BATCH, world / "inbox" / BATCH, 40)  # the rescoring finishes
+    assert client.get(f"/api/batches/{BATCH}").json["total"] == 40
 
 
 def test_champion_reloaded_when_the_pointer_changes(client, world):
@@ -677,6 +760,10 @@ def test_real_retrain_and_scoring_outputs_render(prefect_api, tmp_path, monkeypa
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     verdict = upload(c, (inbox / "df" / "df_000.png").read_bytes()).json
     assert verdict["model_version"] == record["version"]
+    # Trained on real labelled data (not the demo's, with deepfakes): its verdicts carry no caveat anywhere.
+    assert verdict["model_caveat"] is None and summary["model_caveat"] is None
+    assert run["metadata"]["demo_data"] is False and run["metadata"]["reals_only"] is False
+    assert 'id="model-caveat"' not in page + html
 
 
 @pytest.mark.s3

@@ -106,6 +106,20 @@ def save_screenshot(page, name: str, full_page: bool = True) -> Path:
     return path
 
 
+def see_demo_warning(page: Any, where: str) -> None:
+    """The champion was trained on the demo data: a person sees the warning, and how to train on real data,
+    on screen (visible, not merely in the HTML) above what it qualifies."""
+    warning = page.locator("#model-caveat")
+    assert warning.count() == 1 and warning.is_visible(), f"no visible warning about the demo model on {where}"
+    assert warning.get_attribute("data-kind") == "demo-data"
+    text = warning.inner_text()
+    assert "demo data" in text and "dfd-retrain --data DIR" in text, text
+    box = warning.bounding_box()
+    assert box is not None and box["width"] > 200 and box["height"] > 10, box
+    below = page.locator("#rows, #score").first.bounding_box()
+    assert below is not None and box["y"] < below["y"], (box, below)
+
+
 def test_overview_plots_all_load(server, page):
     statuses: dict[str, int] = {}
     page.on("response", lambda r: statuses.__setitem__(r.url, r.status))
@@ -128,6 +142,7 @@ def test_batch_filter_in_the_browser(server, page):
              lambda: page.get_by_role("link", name=server["batch_id"]).click())
     all_rows = page.locator("#rows tbody tr").count()
     assert all_rows == 36 if all_rows <= 50 else all_rows == 50
+    see_demo_warning(page, "the batch page")
     page.select_option("#label", "deepfake")
     page.select_option("#sort", "score_desc")
     navigate(page, "the filtered batch page to load", lambda: page.click("#apply"))
@@ -159,5 +174,6 @@ def test_classify_upload_shows_verdict_and_score(server, page, tmp_path):
     if abs(score - threshold) > 1e-4:  # both are shown rounded to 4 digits
         assert verdict == ("This is a Deepfake Image!" if score >= threshold else "This is a Real Image!")
     assert page.locator("#model-version").inner_text() == CHAMPION
+    see_demo_warning(page, "the verdict")
     assert page.eval_on_selector("#heatmap", "e => e.complete && e.naturalWidth") > 0
     save_screenshot(page, "classify")

@@ -11,13 +11,30 @@ import json
 import socket
 import subprocess
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 
-from deployments.config import REPO_ROOT, ConfigError, file_defaults, schedule_settings
-from deployments.deploy import PREFECT, deploy_all, ensure_work_pool, offline_env, patched_prefect_file, wait_healthy
+from deployments.config import (
+    DEFAULT_DEPLOYMENT_POOLS,
+    REPO_ROOT,
+    ConfigError,
+    deployment_pools,
+    file_defaults,
+    schedule_settings,
+)
+from deployments.deploy import (
+    PREFECT,
+    deploy_all,
+    ensure_alerts,
+    ensure_work_pool,
+    load_alerts,
+    offline_env,
+    patched_prefect_file,
+    wait_healthy,
+)
 from deployments.stack import alive, read_state
 
 pytestmark = pytest.mark.slow
@@ -38,18 +55,26 @@ def test_schedule_settings_defaults_and_overrides():
     custom = {"RETRAIN_CRON": "30 3 * * 1-5", "RETRAIN_TIMEZONE": "Europe/Paris", "SCORE_INBOX_INTERVAL": "60"}
     assert schedule_settings(custom) == {"retrain_cron": "30 3 * * 1-5", "timezone": "Europe/Paris",
                                          "inbox_interval": 60}
-    for bad in ({"RETRAIN_CRON": "every night"}, {"RETRAIN_TIMEZONE": "Mars/Olympus"},
-                {"SCORE_INBOX_INTERVAL": "5m"}, {"SCORE_INBOX_INTERVAL": "2"}):
-        with pytest.raises(ConfigError):
+    assert schedule_settings({"RETRAIN_CRON": "0 2 * * MON"})["retrain_cron"] == "0 2 * * MON"
+    for bad in ({"RETRAIN_CRON": "every night"}, {"RETRAIN_CRON": "61 * * * *"}, {"RETRAIN_CRON": "* * * *"},
+                {"RETRAIN_TIMEZONE": "Mars/Olympus"}, {"SCORE_INBOX_INTERVAL": "5m"}, {"SCORE_INBOX_INTERVAL": "2"}):
+        with pytest.raises(ConfigError) as err:
             schedule_settings(bad)
+        (name, value), = bad.items()
+        assert str(err.value).startswith(name) and "\n" not in str(err.value)  # one line, naming the variable
+        assert repr(value) in str(err.value) or name == "SCORE_INBOX_INTERVAL"
 
 
 def test_defaults_are_read_from_prefect_yaml_only(tmp_path):
     """The deployment defaults live once, in prefect.yaml; the schedule and pool there use the same values."""
     defaults = file_defaults()
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    assert [d["work_pool"]["name"] for d in spec["deployments"]] == [defaults["work_pool"]] * 2
-    assert spec["deployments"][1]["schedules"][0]["interval"] == defaults["inbox_interval"]
+    pools = {f"{d['entrypoint'].rsplit(':', 1)[1].replace('_', '-')}/{d['name']}": d["work_pool"]["name"]
+             for d in spec["deployments"]}
+    assert pools == DEFAULT_DEPLOYMENT_POOLS == deployment_pools({})  # each deployment's own pool, from the file
+    assert list(pools.values()) == [defaults["retrain_work_pool"], defaults["score_work_pool"]]
+    assert deployment_pools({"DFD_WORK_POOL": "one"}) == dict.fromkeys(pools, "one")
+    assert "schedules" not in spec["deployments"][1]  # score-inbox: started by the inbox watch when due
     other = tmp_path / "prefect.yaml"
     other.write_text(yaml.safe_dump({"definitions": {"defaults": {**defaults, "inbox_interval": 90}}}))
     assert file_defaults(other)["inbox_interval"] == 90
@@ -63,11 +88,9 @@ def test_patched_prefect_file_changes_only_pool_and_interval(tmp_path):
     patched = yaml.safe_load(patched_prefect_file(source, tmp_path / "p.yaml", 45, "other-pool").read_text())
     original = yaml.safe_load(source.read_text())
     assert [d["work_pool"]["name"] for d in patched["deployments"]] == ["other-pool", "other-pool"]
-    assert patched["deployments"][1]["schedules"][0]["interval"] == 45
     assert patched["deployments"][0]["schedules"] == original["deployments"][0]["schedules"]
     for d in patched["deployments"]:
         d["work_pool"]["name"] = "dfd-process"
-    patched["deployments"][1]["schedules"][0]["interval"] = 300
     assert patched == original
 
 
@@ -89,7 +112,7 @@ def test_stack_up_then_down_stops_everything(tmp_path):
     port, viewer_port = _free_ports(2)
     env = offline_env(ARTIFACTS_URL=str(tmp_path / "artifacts"), INBOX_URL=str(tmp_path / "inbox"),
                       DFD_WORK_DIR=str(tmp_path / "work"))
-    for var in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH"):
+    for var in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "DFD_ALERT_URL"):
         env.pop(var, None)
     stack_dir = tmp_path / "stack"
     cmd = [*PREFECT[:1], "-m", "deployments.stack"]
@@ -100,9 +123,10 @@ def test_stack_up_then_down_stops_everything(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         state = read_state(stack_dir)
         pids = state["pids"]
-        assert set(pids) == {"server", "worker", "viewer"} and all(alive(p) for p in pids.values())
+        assert set(pids) == {"server", "worker", "inbox-watch", "viewer"} and all(alive(p) for p in pids.values())
         assert f"http://127.0.0.1:{port}" in up.stdout and f"http://127.0.0.1:{viewer_port}/" in up.stdout
         assert (stack_dir / "prefect-home").is_dir()
+        assert "alerts: off (DFD_ALERT_URL is not set)" in up.stdout
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{viewer_port}/", timeout=10) as r:
@@ -155,8 +179,15 @@ def webhook():
         yield rx
 
 
+ALERTS_PATH = "/alerts"  # Prefect's notification block posts here (Apprise json://); the flows' webhook elsewhere
+
+
 def webhook_texts(rx) -> list[str]:
-    return [json.loads(r["body"])["text"] for r in rx.requests]
+    return [json.loads(r["body"])["text"] for r in rx.requests if r["path"] != ALERTS_PATH]
+
+
+def alerts(rx) -> list[dict]:
+    return [json.loads(r["body"]) for r in rx.requests if r["path"] == ALERTS_PATH]
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +237,72 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def deployed(project, client):
-    """The pool and both deployments, made from the real prefect.yaml."""
+def alerts_url(webhook) -> str:
+    """An Apprise generic JSON webhook URL (``json://``) pointing at the test's receiver."""
+    port = webhook.server.server_address[1]
+    return f"json://127.0.0.1:{port}{ALERTS_PATH}"
+
+
+def _automations(client) -> dict[str, list]:
+    by_name: dict[str, list] = {}
+    for a in client.read_automations():
+        by_name.setdefault(a.name, []).append(a)
+    return by_name
+
+
+def test_no_alert_url_creates_nothing_and_says_so(server, client):
+    before = client.read_automations()
+    said: list[str] = []
+    assert ensure_alerts({**server["env"], "DFD_ALERT_URL": " "}, out=said.append) == {}
+    assert said == ["alerts: off (DFD_ALERT_URL is not set): no notification block or automation created"]
+    assert client.read_automations() == before
+
+
+@pytest.fixture(scope="module")
+def deployed(project, client, alerts_url):
+    """The pool, both deployments and the alerts, made from the real prefect.yaml and automations.yaml."""
     assert ensure_work_pool(project["env"], POOL, "process") is True
     assert ensure_work_pool(project["env"], POOL, "process") is False  # idempotent
     deploy_all(project["env"], POOL)
+    declared = [a["name"] for a in load_alerts()["automations"]]
+    env = {**project["env"], "DFD_ALERT_URL": alerts_url}
+    said: list[str] = []
+    with warnings.catch_warnings():  # Apprise 2.0 imports the stdlib's deprecated imghdr as it loads its plugins
+        warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
+        assert ensure_alerts(env, out=said.append) == dict.fromkeys(declared, "created")
+    first = {name: [a.id for a in found] for name, found in _automations(client).items()}
+    assert ensure_alerts(env, out=said.append) == dict.fromkeys(declared, "updated")  # re-deploy: no duplicates
+    assert {name: [a.id for a in found] for name, found in _automations(client).items()} == first
+    assert alerts_url not in "\n".join(said)  # the URL is a secret
     return {name: client.read_deployment_by_name(name) for name in (RETRAIN, SCORE)}
+
+
+def test_alert_automations_and_block_exist_once(deployed, server, client, alerts_url):
+    from prefect.blocks.core import Block
+
+    spec = load_alerts()
+    block = spec["notification_block"]
+    saved = Block.load(f"{block['type']}/{block['name']}")
+    assert saved.url.get_secret_value() == alerts_url
+    blocks = [b for b in client.read_block_documents() if b.name == block["name"]]
+    assert len(blocks) == 1
+    found = _automations(client)
+    assert sorted(found) == sorted(a["name"] for a in spec["automations"])
+    expected_events = {"dfd-flow-run-failed": ["prefect.flow-run.Failed"],
+                       "dfd-flow-run-crashed": ["prefect.flow-run.Crashed"],
+                       "dfd-flow-run-late": ["prefect.flow-run.Late"]}
+    for name, (automation,) in found.items():
+        assert automation.enabled and sorted(automation.trigger.expect) == expected_events[name]
+        (action,) = automation.actions
+        assert action.type == "send-notification" and action.block_document_id == blocks[0].id
+    # a same-named copy (made by hand, or by an older deploy) is folded back into one by the next deploy
+    from prefect.automations import AutomationCore
+
+    original = found["dfd-flow-run-late"][0]
+    client.create_automation(AutomationCore.model_validate(original.model_dump(exclude={"id"})))
+    assert len(_automations(client)["dfd-flow-run-late"]) == 2
+    ensure_alerts({**server["env"], "DFD_ALERT_URL": alerts_url}, out=lambda _: None)
+    assert {name: len(found) for name, found in _automations(client).items()} == dict.fromkeys(found, 1)
 
 
 def run_worker(env: dict, timeout: float = 240) -> str:
@@ -245,10 +336,9 @@ def test_registered_schedules_are_the_declared_ones(deployed, client):
 
     assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]
     assert [s.schedule.timezone for s in retrain.schedules] == ["Europe/Berlin"]
-    interval = by_name["score-inbox"]["schedules"][0]["interval"]
-    assert [s.schedule.interval for s in score.schedules] == [timedelta(seconds=interval)] == [
-        timedelta(minutes=5)]
-    assert all(s.active for s in retrain.schedules + score.schedules)
+    assert "schedules" not in by_name["score-inbox"]
+    assert score.schedules == []  # started by the inbox watch when a folder is due: its runs are real work
+    assert all(s.active for s in retrain.schedules)
     assert score.parameters == {}
     for d in (retrain, score):
         assert d.work_pool_name == POOL
@@ -319,10 +409,34 @@ def test_retrain_deployment_trains_and_publishes(first_retrain, project, client,
     assert "roc.png" in str(plots.data)
 
 
-def test_score_inbox_deployment_scores_the_ready_folder(first_retrain, schedules_paused, project, client,
-                                                        webhook):
-    d = schedules_paused[SCORE]
-    run = client.create_flow_run_from_deployment(d.id)
+def test_inbox_watch_starts_score_inbox_only_when_a_folder_is_due(first_retrain, schedules_paused, project,
+                                                                  client, webhook):
+    """The inbox watch's check, as the stack runs it, starts no run at all on an idle inbox; on a ready folder
+    it starts exactly one score-inbox run, which the worker then runs."""
+    import sys
+
+    from helpers import make_dataset
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    score = schedules_paused[SCORE]
+    runs_before = len(client.read_flow_runs(limit=200))
+
+    def score_runs() -> list:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[score.id])))
+
+    def check(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "flows.inbox_check", *args], env=project["env"],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    idle = project["root"] / "idle-inbox"
+    make_dataset(idle / "still-copying", per_class=1, size=32)  # fresh files, no marker: not ready
+    assert check("--inbox-url", str(idle)) == ""
+    assert len(client.read_flow_runs(limit=200)) == runs_before  # no run of any flow: nothing in the UI
+    assert "due: batch-001; started" in check()  # the project's inbox: batch-001 is ready
+    (run,) = score_runs()
+    assert "already waiting or running" in check() and len(score_runs()) == 1  # no second run while it waits
     run_worker(project["env"])
     (run,) = wait_final(client, [run.id])
     assert run.state.is_completed(), (run.state, run_logs(client, run.id)[-3000:])
@@ -367,8 +481,9 @@ def test_piled_up_late_runs_collapse_into_one_quick_unchanged_run(first_retrain,
     assert sorted(p.name for p in (project["artifacts"] / "runs").iterdir()) == versions_before
 
 
-def test_failed_run_calls_the_webhook_and_leaves_the_champion(first_retrain, schedules_paused, project, client,
-                                                              webhook):
+def test_failed_run_fires_the_alert_automation_and_leaves_the_champion(first_retrain, schedules_paused, project,
+                                                                      client, webhook):
+    """The server's automation (not the flow's hook) notifies the alert URL of a failed deployment run."""
     champion_before = (project["artifacts"] / "champion.json").read_text()
     d = schedules_paused[RETRAIN]
     missing = project["root"] / "no-such-data"
@@ -376,9 +491,33 @@ def test_failed_run_calls_the_webhook_and_leaves_the_champion(first_retrain, sch
     run_worker(project["env"])
     (run,) = wait_final(client, [run.id])
     assert run.state.is_failed(), run.state
-    deadline = time.monotonic() + 15  # the on_failure hook runs as the flow run finishes
-    while not any("Failed" in t for t in webhook_texts(webhook)) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 180  # event -> trigger -> action -> Apprise: seconds, but a busy CI is slow
+    while not any(str(run.id) in a["message"] for a in alerts(webhook)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    (text,) = [t for t in webhook_texts(webhook) if "Failed" in t]
-    assert text.startswith(":x: retrain run ") and f"flow_run_id: {run.id}" in text
+    mine = [a for a in alerts(webhook) if str(run.id) in a["message"]]
+    assert mine, f"no alert for failed run {run.id} reached the receiver within 180 s: {alerts(webhook)}"
+    (alert,) = mine
+    assert alert["title"] == f"deepfake-batch: retrain run {run.name} failed"
+    assert f"retrain/{run.name} entered state Failed" in alert["message"]
+    assert not any("Failed" in t for t in webhook_texts(webhook))  # the in-process hook stays quiet on a server
     assert (project["artifacts"] / "champion.json").read_text() == champion_before
+
+
+def test_each_deployment_lands_in_the_pool_prefect_yaml_names(deployed, project, client, tmp_path):
+    """Placement: with retraining and scoring given different pools in prefect.yaml's defaults (as production
+    would: a GPU pool and a scoring pool), each deployment is registered in its own. Last in the module: it
+    moves the module's deployments to other pools."""
+    text = (REPO_ROOT / "prefect.yaml").read_text()
+    pools = {RETRAIN: "dfd-test-train", SCORE: "dfd-test-score"}
+    for key, anchor, pool in (("retrain_work_pool", "retrain_pool_name", pools[RETRAIN]),
+                              ("score_work_pool", "score_pool_name", pools[SCORE])):
+        line = f"    {key}: &{anchor} {DEFAULT_DEPLOYMENT_POOLS[RETRAIN if key.startswith('retrain') else SCORE]}\n"
+        assert text.count(line) == 1, f"prefect.yaml no longer has the line {line!r}"
+        text = text.replace(line, f"    {key}: &{anchor} {pool}\n")
+    copy = tmp_path / "prefect.yaml"
+    copy.write_text(text)
+    for pool in pools.values():
+        ensure_work_pool(project["env"], pool, "process")
+    deploy_all(project["env"], prefect_file=copy)
+    for name, pool in pools.items():
+        assert client.read_deployment_by_name(name).work_pool_name == pool

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import os
 import select
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +131,17 @@ def env_for(champion: dict[str, Any], tmp: Path, **extra: str) -> dict[str, str]
 def run_until_killed(point: str, folder: Path, env: dict[str, str], log: Path) -> str:
     """Start ``python -m flows.score_batch FOLDER`` with the kill hook, wait until it pauses at ``point``,
     then SIGKILL its whole process group; returns what the child said."""
+    return kill_at(CHILD, [str(folder), "--batch-size", "2"], point, env, log)
+
+
+def kill_at(child: str, args: list[str], point: str, env: dict[str, str], log: Path) -> str:
+    """Run ``python -c CHILD ARGS`` (a script that pauses at ``DFD_KILL_POINT`` after telling the pipe
+    ``DFD_PAUSE_FD``) in its own process group, wait until it pauses, SIGKILL the whole group, and check that
+    no process of the group is left (the command's children included); returns what the child said."""
     read_end, write_end = os.pipe()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(folder), "--batch-size", "2"],
+            [sys.executable, "-c", child, *args],
             cwd=ROOT, env={**env, "DFD_KILL_POINT": point, "DFD_PAUSE_FD": str(write_end)},
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, pass_fds=(write_end,),
             start_new_session=True,
@@ -148,6 +157,7 @@ def run_until_killed(point: str, folder: Path, env: dict[str, str], log: Path) -
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9, the command and anything it started
         _reap(proc)
         assert proc.returncode == -signal.SIGKILL
+        wait_until_group_gone(proc.pid)
         return said.strip()
     finally:
         os.close(read_end)
@@ -155,6 +165,29 @@ def run_until_killed(point: str, folder: Path, env: dict[str, str], log: Path) -
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             _reap(proc)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes (zombies not counted: the kernel has ended them) in process group ``pgid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_until_group_gone(pgid: int) -> None:
+    """Wait (bounded) until no process of the killed group is alive: no orphan left behind by the kill."""
+    deadline = time.monotonic() + KILL_REAP_SECONDS
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        select.select([], [], [], 0.05)  # a short poll of the process table, bounded by the deadline above
+    assert not left, f"processes of the killed command's group {pgid} are still running: {left}"
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -192,6 +225,20 @@ def check_complete(summary: dict[str, Any], folder: Path, reference: dict[str, f
     assert json.loads((prefix / "summary.json").read_text())["files"] == len(names)
     assert sorted(ledger_paths(prefix)) == names
     assert not list((prefix / "ledger").glob("*.jsonl")), "the rerun left ledger chunks behind"
+
+
+def check_published_consistently(prefix: Path) -> None:
+    """Whenever ``summary.json`` is there (the batch is listed), the results files beside it are the ones it
+    describes: as many rows as it counts, and the sha256 it records."""
+    if not (prefix / "summary.json").exists():
+        return
+    summary = json.loads((prefix / "summary.json").read_text("utf-8"))
+    for kind, name in (("csv", "results.csv"), ("jsonl", "results.jsonl")):
+        data = (prefix / name).read_bytes()
+        rows = len(data.splitlines()) - (kind == "csv")
+        assert rows == summary["files"], (f"{name} holds {rows} rows but summary.json describes {summary['files']}"
+                                          " files: the listed batch mixes two runs")
+        assert hashlib.sha256(data).hexdigest() == summary["results_sha256"][kind], f"{name} is not the one described"
 
 
 def reference_scores(champion: dict[str, Any], folder: Path) -> dict[str, float]:
@@ -245,6 +292,63 @@ def test_kill_9_then_rerun(point: str, prefect_api, champion, tmp_path):
                                champion["version"], batch_size=4, progress_every=0, flush_seconds=0.0)
     assert summary["scored_this_run"] <= FILES - len(done_before), "work finished before the kill was redone"
     check_complete(summary, folder, reference)
+    check_published_consistently(prefix)
+    assert not leftovers(prefix), "the rerun left the temporary files of the killed writes"
+
+
+def test_a_run_removes_only_the_temporary_files_older_than_itself(tmp_path):
+    """Temporary files that killed writes left in the batch folder and its ledger folder are removed when the
+    next run loads the ledger; one written after that run started (a write in progress) and the ledger's own
+    chunks are kept."""
+    from dfd.scoring.ledger import Ledger
+
+    prefix = results_prefix("batch")
+    chunks = tmp_path / prefix / "ledger"
+    chunks.mkdir(parents=True)
+    ledger = Ledger(LocalStore(tmp_path), prefix, "v1")
+    before, after = ledger.started - 3600, ledger.started + 3600
+    files = {chunks / ".tmp-torn-chunk": before, tmp_path / prefix / ".tmp-torn-results": before,
+             chunks / ".tmp-being-written": after, chunks / "20260101T000000-abc-000001.jsonl": before}
+    for path, mtime in files.items():
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    ledger.load()
+    left = sorted(p.name for p in (tmp_path / prefix).rglob("*") if p.is_file())
+    assert left == [".tmp-being-written", "20260101T000000-abc-000001.jsonl"]
+    assert sorted(ledger.removed_temporaries) == [f"{prefix}/.tmp-torn-results", f"{prefix}/ledger/.tmp-torn-chunk"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_rescoring_never_shows_new_results_under_an_old_summary(prefect_api, champion, tmp_path):
+    """A batch already published is scored again (files were added) and killed after its new results.csv: the
+    viewer must not list the new results.csv beside the previous summary.json and results.jsonl. The
+    rescoring withdraws summary.json first, so the batch is not listed until the rerun publishes it again."""
+    from app.catalog import Catalog
+
+    folder = make_folder(tmp_path / "batch", n=12, seed=3)
+    args = (str(folder), str(champion["artifacts"]), champion["predictor"], champion["version"])
+    first = score_folder(*args, batch_size=4, progress_every=0, flush_seconds=0.0)
+    prefix, batch_id = Path(first["results"]["folder"]), first["batch_id"]
+    check_published_consistently(prefix)
+    rng = np.random.default_rng(4)
+    for i in range(12, 18):  # new files: the next run rescores the batch
+        (folder / f"img_{i:03d}.png").write_bytes(png_bytes(synthetic_photo(rng, 32)))
+
+    def listed() -> dict[str, Any]:
+        catalog = Catalog(open_store(champion["artifacts"]), 0.0)
+        return {b["batch_id"]: b for b in catalog.batches()}
+
+    assert listed()[batch_id]["files"] == 12
+    said = run_until_killed("results-csv", folder, env_for(champion, tmp_path), tmp_path / "killed.log")
+    assert said.endswith("results.csv")
+    assert len((prefix / "results.csv").read_text("utf-8").splitlines()) == 18 + 1, "the new results.csv"
+    check_published_consistently(prefix)  # failed before the fix: 18 rows under a summary of 12
+    assert batch_id not in listed(), "a half-rescored batch is listed"
+
+    again = score_folder(*args, batch_size=4, progress_every=0, flush_seconds=0.0)
+    assert again["files"] == 18 and again["scored_this_run"] == 0, "work finished before the kill was redone"
+    check_published_consistently(prefix)
+    assert listed()[batch_id]["files"] == 18
 
 
 # --- a full disk --------------------------------------------------------------------------------------------

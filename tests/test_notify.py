@@ -116,14 +116,27 @@ def test_configured_url_from_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("state_name", ["Failed", "Crashed"])
-def test_flow_failure_hook_reports_the_run(monkeypatch, state_name):
+def test_flow_failure_hook_reports_the_run_without_a_server(monkeypatch, state_name):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     flow = SimpleNamespace(name="retrain")
     run = SimpleNamespace(name="retrain 2026-11-24 data=3f2a", id="abc-123", deployment_id=None)
     state = SimpleNamespace(name=state_name, message="Flow run encountered an exception: OSError")
-    with Receiver() as rx:
+    with Receiver() as rx, temporary_settings(restore_defaults={PREFECT_API_URL}):  # the temporary server
         monkeypatch.setenv("DFD_WEBHOOK_URL", rx.url)
         flow_failure_hook(flow, run, state)
     text = rx.json()["text"]
     assert f"retrain run retrain 2026-11-24 data=3f2a {state_name}" in text
     assert "flow_run_id: abc-123" in text and "OSError" in text
     assert "deployment_id" not in text
+
+
+def test_flow_failure_hook_is_quiet_on_a_server(monkeypatch):
+    """On a server the automations report failures (tests/test_deployments.py); the hook must not repeat them."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with Receiver() as rx, temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        monkeypatch.setenv("DFD_WEBHOOK_URL", rx.url)
+        flow_failure_hook(SimpleNamespace(name="retrain"), SimpleNamespace(name="r", id="1"),
+                          SimpleNamespace(name="Failed", message="boom"))
+    assert rx.requests == []

@@ -43,8 +43,8 @@ def test_model_metadata_then_its_calibration():
     meta = record.model_metadata(settings, VALIDATED, SPEC, {"arch": "patchnet"}, {"epochs_run": 3},
                                  versions={"keras": "3"}, git_revision="abc", created_at="2024-05-01T12:00:00Z")
     assert list(meta) == ["version", "arch", "input_spec", "threshold", "temperature", "class_names",
-                          "data_fingerprint", "data_counts", "hyperparameters", "max_image_pixels", "versions",
-                          "git_revision", "created_at", "training"]
+                          "data_fingerprint", "data_counts", "demo_data", "reals_only", "hyperparameters",
+                          "max_image_pixels", "versions", "git_revision", "created_at", "training"]
     assert meta["class_names"] == ["real", "deepfake"] and meta["threshold"] == 0.5
     metrics = {"threshold": 0.42, "temperature": 1.7, "test": _split(0.9), "validation": _split(0.95)}
     calibrated = record.calibrated_metadata(meta, metrics)

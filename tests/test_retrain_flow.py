@@ -81,6 +81,25 @@ def _kept_by_prefect() -> str:
     return "\n".join(lines)
 
 
+def latest_artifact(key: str):
+    """The newest artifact under ``key``, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no artifact {key!r}"
+    return found[0]
+
+
+def table_of(artifact) -> list[dict]:
+    import json
+
+    return artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
+
+
 @pytest.mark.slow
 def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_skips_unchanged(
         prefect_api, workspace, webhook, monkeypatch: pytest.MonkeyPatch):
@@ -108,11 +127,29 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     with contextlib.redirect_stdout(closing):
         print_summary(dud, 1.0)
     assert "learned nothing usable from this data: it was not promoted" in closing.getvalue()
+    # Prefect's UI: the metrics table ends with the decision; without VIEWER_URL the plots are listed by name.
+    assert table_of(latest_artifact("retrain-metrics"))[-1] == {
+        "metric": "decision", "test": f"rejected: {dud['reason']}", "validation": ""}
+    plots_md = latest_artifact("retrain-plots").data
+    assert dud["version"] in plots_md and all(f"`{name}`" in plots_md for name in PLOT_FILES)
+    assert "VIEWER_URL" in plots_md
 
+    viewer = "http://viewer.example:8000"
+    monkeypatch.setenv("VIEWER_URL", viewer + "/")
     first = retrain(**common, epochs=15, force=True)
+    monkeypatch.delenv("VIEWER_URL")
     assert first["decision"] == "promoted", first
     version = first["version"]
     assert registry.champion_version(store) == version
+    progress = latest_artifact("retrain-training")  # updated after every epoch, 100 at the end
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert f"trained {first['epochs_run']} of at most 15 epochs" in progress.description
+    assert table_of(latest_artifact("retrain-metrics"))[-1]["test"] == f"promoted: {first['reason']}"
+    assert latest_artifact("retrain-run").data == f"[run {version} in the viewer]({viewer}/runs/{version})"
+    for name in PLOT_FILES:  # each plot as an image the viewer serves, at the URL the viewer serves it
+        image = latest_artifact(f"retrain-plot-{name.removesuffix('.png')}")
+        assert image.type == "image" and image.data == f"{viewer}/artifacts/runs/{version}/{name}"
+        assert f"]({image.data})" in latest_artifact("retrain-plots").data
     names = {o.key.split("/", 2)[2] for o in store.list(f"runs/{version}")}
     expected = {"model.keras", "metadata.json", "metrics.json", "split_manifest.csv", "quarantine.json",
                 "config.json", "history.json", "run.json", "_COMPLETE", *PLOT_FILES}
@@ -147,6 +184,9 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     again = retrain(**common, epochs=2, learning_rate=0.0)
     assert again["decision"] == "unchanged"
     assert len(registry.list_versions(store)) == 3
+    unchanged = latest_artifact("retrain-unchanged")  # the quick run says so in Prefect's UI too
+    assert "Nothing to do" in unchanged.data and again["data_fingerprint"][:12] in unchanged.data
+    assert worse["version"] in unchanged.data  # the last successful run it compared with
 
     # The settings travel to every task, webhook URL (a secret) included; it never reaches Prefect's records.
     kept = _kept_by_prefect()
@@ -307,11 +347,14 @@ def test_a_checkpoint_torn_by_a_kill_falls_back_or_starts_over(tmp_path: Path, p
         (tmp_path / "prev.weights.h5").rename(backup / "latest.weights.h5.bkp")
         (backup / "training_metadata.json.bkp").write_text(json.dumps({"epoch": 2, "batch": 0}))
     lines: list[str] = []
+    progress: list[tuple[int, int]] = []
     _, history, stats = train(entries, entries[:4] + entries[-4:], [store], arch="patchnet",
                               spec=make_spec("crop", 32, 1), epochs=4, batch_size=8, learning_rate=1e-3,
                               width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append,
-                              stall_epochs=0)  # this test is about the checkpoint, not the start
+                              stall_epochs=0,  # this test is about the checkpoint, not the start
+                              progress=lambda done, total: progress.append((done, total)))
     epochs = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("epoch ")]
+    assert progress == [(e, 4) for e in epochs]  # the progress hook hears every epoch this training ran
     if previous:
         assert epochs == [3, 4], lines  # resumed after the previous checkpoint's 2 epochs
     else:

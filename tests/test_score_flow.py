@@ -82,6 +82,35 @@ def test_flow_scores_a_folder_and_publishes_a_table_artifact(prefect_api, tmp_pa
     counts = {row["label"]: row["files"] for row in table}
     assert counts["total"] == 12 and counts["real"] + counts["deepfake"] == 12
     assert str(csv_path) in found[0].description
+    # the progress bar of the scoring (updated per inference batch) ended at 100 %, for this batch
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (progress,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["score-progress"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert f"Batch `{summary['batch_id']}`: 12 files checked" in progress.description
+
+
+def test_a_demo_models_table_artifact_carries_the_warning(prefect_api, tmp_path, artifacts):
+    """A verdict of a demo-data model says so in the Prefect UI too (the batch's table artifact)."""
+    import shutil
+
+    from dfd.layout import CAVEATS, TRAIN_ON_REAL_DATA
+    from flows.score_batch import score_folder_flow
+
+    store = tmp_path / "artifacts"
+    shutil.copytree(artifacts, store)
+    (run_json,) = store.glob("runs/*/run.json")
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "demo_data": True}))
+    folder = make_dataset(tmp_path / "demo-scored", per_class=2, size=40)
+    summary = score_folder_flow(path=str(folder), artifacts_url=str(store), batch_size=5)
+    assert summary["model_caveat"]["kind"] == "demo-data"
+    (found, *_) = read_artifact(artifact_key(summary["batch_id"]))
+    assert found.description.startswith(f"**Warning: {CAVEATS['demo-data']}** {TRAIN_ON_REAL_DATA}")
 
 
 def test_flow_inbox_mode_scores_only_ready_unscored_folders(prefect_api, tmp_path, artifacts, monkeypatch):

@@ -19,7 +19,7 @@ from helpers import make_dataset, png_bytes, publish_tiny_model, train_tiny_mode
 
 from dfd.imageio import decode_image
 from dfd.inbox import folder_state, inbox_states
-from dfd.layout import SUMMARY_KEYS
+from dfd.layout import CAVEATS, SUMMARY_KEYS, TRAIN_ON_REAL_DATA, model_caveat
 from dfd.registry import RegistryError, publish_run, set_champion
 from dfd.scoring import (
     RESULT_FIELDS,
@@ -28,6 +28,7 @@ from dfd.scoring import (
     Status,
     artifact_key,
     batch_id_for,
+    format_summary,
     load_predictor,
     results_prefix,
     score_folder,
@@ -277,6 +278,48 @@ def test_explicit_model_version_and_no_champion(tmp_path, artifacts):
     empty.mkdir()
     with pytest.raises(RegistryError, match="no champion"):
         load_predictor(open_store(empty), None)
+
+
+def test_model_caveat_reads_the_sidecar_then_the_run_record():
+    demo = model_caveat({"demo_data": True, "reals_only": False})
+    assert demo == {"kind": "demo-data", "message": CAVEATS["demo-data"], "hint": TRAIN_ON_REAL_DATA}
+    assert "dfd-retrain --data DIR" in demo["hint"] and "df/" in demo["hint"]
+    assert model_caveat({"demo_data": False, "reals_only": True})["kind"] == "synthetic-fakes-only"
+    assert model_caveat({"demo_data": False, "reals_only": False}, {"demo_data": True}) is None  # sidecar wins
+    assert model_caveat({}, {"demo_data": True, "reals_only": False})["kind"] == "demo-data"  # an older sidecar
+    assert model_caveat({"demo_data": False}, {"reals_only": True})["kind"] == "synthetic-fakes-only"
+    assert model_caveat({}) is None and model_caveat(None, None) is None  # nothing says otherwise
+
+
+@pytest.mark.parametrize("flags, run_record, kind", [
+    ({"demo_data": True, "reals_only": False}, None, "demo-data"),
+    ({}, {"demo_data": False, "reals_only": True}, "synthetic-fakes-only"),  # a sidecar from before the flags
+    ({"demo_data": False, "reals_only": False}, {"demo_data": True}, None),  # trained on real labelled data
+])
+def test_summary_and_closing_lines_say_what_the_verdicts_are_worth(tmp_path, artifacts, flags, run_record, kind):
+    """The champion's files published again with ``flags`` in the sidecar (and ``run_record`` as run.json):
+    summary.json records the caveat and the command's closing lines end with it, or say nothing of it."""
+    version = "20260103-000000-flags0"
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(artifacts / "runs" / VERSION5, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("_COMPLETE"))
+        meta = json.loads((Path(tmp) / "metadata.json").read_text())
+        (Path(tmp) / "metadata.json").write_text(json.dumps({**meta, **flags}))
+        store = open_store(tmp_path / "store")
+        publish_run(store, version, tmp)
+    if run_record is not None:
+        store.write_json(f"runs/{version}/run.json", run_record)
+    pred, _ = load_predictor(store, version, tmp_path / "work")
+    folder = make_dataset(tmp_path / "batch", per_class=1, size=40)
+    summary = score_folder(str(folder), store, pred, version, progress_every=0.0)
+    stored = json.loads(Path(summary["results"]["summary"]).read_text())
+    assert (stored["model_caveat"] or {}).get("kind") == kind
+    closing = format_summary(stored)
+    assert closing.startswith(f"batch {stored['batch_id']}: 2 files, 2 scored")
+    if kind is None:
+        assert stored["model_caveat"] is None and "WARNING" not in closing
+    else:
+        assert closing.splitlines()[-2:] == [f"  WARNING: {CAVEATS[kind]}", f"           {TRAIN_ON_REAL_DATA}"]
 
 
 def test_missing_and_empty_folders_are_clear_errors(tmp_path, artifacts, predictor):

@@ -10,6 +10,7 @@ are :mod:`dfd.layout`'s (``scores/<batch_id>/results.csv``, ``results.jsonl``, `
   (an :class:`Outcome` with a :class:`Status`);  :mod:`~dfd.scoring.stream`: the tf.data pipeline;
 * :mod:`~dfd.scoring.results`: the results files;  :mod:`~dfd.scoring.report`: progress and summary text;
 * :mod:`~dfd.scoring.folder`: :func:`score_folder`, the recipe;  :mod:`~dfd.scoring.predictor`: the model.
+* :mod:`~dfd.scoring.shards`: the same recipe in shards on a Dask cluster (plan, score a shard, merge).
 
 Idempotent and resumable: the ledger is keyed by (sha256, model_version); the next run reads it, scores only
 what is missing and rebuilds the results from the ledger and a fresh scan (exactly one row per file present).

@@ -5,6 +5,14 @@ Keys relative to the batch's results folder (:mod:`dfd.layout`): ``ledger.jsonl`
 model_version) and written as one small object (atomically) about every second with the files finished since,
 so a run killed at any moment loses at most that second of work. Each line also carries the path, size and
 mtime the file was seen with, so a file whose listing matches a line is not even re-read.
+
+Temporary files: on a local store every write goes through a ``.tmp-*`` file that is renamed into place, so a
+``kill -9`` in the middle of a write leaves that file behind (never read as ledger or results: listings skip
+it). :meth:`Ledger.load` removes those of the batch's folder and its ``ledger/`` folder that were last modified
+before the run started: a temporary file lives only for the one write that made it, so one older than this run
+belongs to a write that was killed. Batches are written by one run at a time (the deployments have a
+concurrency limit of 1); a second run of the same batch started by hand could at worst lose a chunk write that
+straddles this run's start, which fails that run with a clear error and its rerun resumes.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ class Ledger:
         self.chunks_read: list[str] = []
         self.own_chunks: list[str] = []
         self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self.started = time.time()  # temporary files older than this were left by killed writes
+        self.removed_temporaries: list[str] = []
         self._seq = 0
         self.bad_lines = 0
 
@@ -70,6 +80,14 @@ class Ledger:
         return join(self.prefix, LEDGER_CHUNKS)
 
     def load(self) -> Ledger:
+        """Read the compacted ledger and every chunk, after removing stale temporary files (module doc)."""
+        for folder in (self.prefix, self.chunk_prefix):
+            try:
+                names = self.store.remove_stale_temporaries(folder, self.started)
+            except (StorageError, OSError) as exc:  # only space is at stake: never fail the run for it
+                log.warning("could not remove temporary files in %s: %s", self.store.describe(folder), exc)
+                continue
+            self.removed_temporaries += [join(folder, name) for name in names]
         try:
             self._ingest(self.store.read_bytes(self.file_key))
         except NotFound:

@@ -6,6 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dfd import registry
+from dfd.layout import METADATA_FILE, caveat_needs_run, model_caveat, run_key
+from dfd.storage import StorageError, Store
+
 
 @dataclass
 class Progress:
@@ -60,4 +64,21 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  results: {summary['results']['csv']}")
     lines.append(f"           {summary['results']['jsonl']}")
     lines.append(f"           {summary['results']['summary']}")
+    caveat = summary.get("model_caveat")
+    if caveat:  # last, where the eye lands: what these verdicts are worth
+        lines.append(f"  WARNING: {caveat['message']}")
+        lines.append(f"           {caveat['hint']}")
     return "\n".join(lines)
+
+
+def caveat_of(artifacts: Store, version: str) -> dict[str, str] | None:
+    """The caveat on the verdicts of published model ``version`` (:func:`dfd.layout.model_caveat`), for
+    ``summary.json``: from its metadata sidecar in ``artifacts``, and from its ``run.json`` when the metadata
+    predates the flags. ``None`` when the model is not published there (nothing says what it was trained on)."""
+    try:
+        metadata = artifacts.read_json(run_key(version, METADATA_FILE))
+        metadata = metadata if isinstance(metadata, dict) else {}
+        run = registry.read_run(artifacts, version) if caveat_needs_run(metadata) else None
+    except (registry.RegistryError, StorageError, ValueError):
+        return None
+    return model_caveat(metadata, run)

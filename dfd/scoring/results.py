@@ -10,10 +10,16 @@ score and label, and ``error`` holds a short reason (``truncated: ...``, ``not a
 In ``results.csv`` a text cell that a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return) or that starts with a single quote gets a leading single quote
 (:mod:`dfd.csvsafe`); ``results.jsonl`` and the ledger hold the text unchanged.
+
+The counts returned here open ``summary.json``, with ``results_sha256`` (``{"csv": ..., "jsonl": ...}``, the
+sha256 of the files as uploaded): a reader can check that the results files are the ones the summary describes.
+:func:`dfd.scoring.folder.finish_batch` withdraws ``summary.json`` before these files are replaced and writes it
+after them, so a listed batch never shows results of one run beside the summary of another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections import Counter
@@ -39,7 +45,8 @@ def write_results(
     model_version: str,
 ) -> dict[str, Any]:
     """Write results.csv and results.jsonl (one row per item, via local temp files and atomic uploads);
-    returns the counts of the summary (``files``, ``scored``, ``errors``, ``counts``, ``errors_by_reason``)."""
+    returns the counts of the summary (``files``, ``scored``, ``errors``, ``counts``, ``errors_by_reason``) and
+    ``results_sha256``."""
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     with tempfile.TemporaryDirectory(prefix="dfd-results-") as tmp:
@@ -56,6 +63,7 @@ def write_results(
                     counts[row["label"]] += 1
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
                 fj.write(json.dumps(row, ensure_ascii=False) + "\n")
+        digests = {"csv": file_sha256(csv_path), "jsonl": file_sha256(jsonl_path)}
         art.upload_file(csv_path, join(prefix, RESULTS_CSV))
         art.upload_file(jsonl_path, join(prefix, RESULTS_JSONL))
     return {
@@ -64,7 +72,17 @@ def write_results(
         "errors": counts[ERROR_LABEL],
         "counts": {label: counts[label] for label in RESULT_LABELS},
         "errors_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "results_sha256": digests,
     }
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a local file, read in blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def result_row(

@@ -154,6 +154,12 @@ class Store:
         ``None`` otherwise (then read it with :meth:`read_bytes`)."""
         return None
 
+    def remove_stale_temporaries(self, prefix: str, older_than: float) -> list[str]:
+        """Remove the temporary files that writes killed half-way left directly in the folder ``prefix``, those
+        last modified before the time stamp ``older_than``; returns their names. A store of whole objects (S3)
+        has none: an interrupted upload leaves no object."""
+        return []
+
     def folder_problem(self, key: str = "", *, found_nothing: bool = False) -> str | None:
         """Why the folder ``key`` cannot be read as a folder, in words for a message (``does not exist``), or
         ``None``. ``found_nothing``: a listing of the folder found no object at all.

@@ -66,6 +66,10 @@ class LocalStore(Store):
             return self._path(key).is_file()
         except StorageError:
             return False
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # no such name can exist (a viewer URL with a 300-byte name was a 500)
+                return False
+            raise
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -119,6 +123,20 @@ class LocalStore(Store):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def remove_stale_temporaries(self, prefix: str, older_than: float) -> list[str]:
+        folder = self._path(prefix)
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        removed = []
+        for entry in _sorted_entries(folder):
+            if not entry.name.startswith(".tmp-") or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+        return removed
 
     def delete_prefix(self, prefix: str) -> int:
         count = super().delete_prefix(prefix)
