@@ -120,7 +120,7 @@ def metrics_record(assessment: Assessment, *, reals_only: bool, training: S) -> 
         "test_uncalibrated_ece": a.test_uncalibrated_ece,
         "test_fakes": "synthetic (made from the test reals; df/ was empty)" if reals_only else "real (df/)",
         "quality_floor": a.quality_floor,
-        "training": {k: training[k] for k in ("attempts", "no_signal", "epochs_run") if k in training},
+        "training": {k: training[k] for k in ("attempts", "no_signal", "epochs_run", "distribution") if k in training},
     }
 
 

@@ -12,6 +12,10 @@ reached 0.975. A stalled try is abandoned and training restarts from a new seed 
 most ``max_attempts`` tries in all; every try is logged and returned in the stats. The last try is never cut
 short; when it stays pinned too, the stats say that no signal was found (and the promotion's quality floor
 refuses the model).
+
+Training runs under a :func:`distribution_strategy`: ``tf.distribute.MirroredStrategy`` over the visible GPUs
+when there are two or more (one replica per GPU, gradients all-reduced across them every step), else TensorFlow's
+default strategy (one device: the GPU if there is one, or the CPU, whose cores TensorFlow uses itself).
 """
 
 from __future__ import annotations
@@ -92,6 +96,30 @@ def _dataset(entries: Sequence[Entry], stores: Sequence[Store], spec: InputSpec,
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed)))
     ds = ds.map(tf_load, num_parallel_calls=pipeline.cpu_cores(), deterministic=True)
     return pipeline.fixed(ds.batch(batch_size).prefetch(pipeline.PREFETCH_BATCHES))
+
+
+def distribution_strategy(devices: Sequence[str] | None = None) -> Any:
+    """The ``tf.distribute`` strategy to train under: a ``MirroredStrategy`` over ``devices`` when it names two or
+    more (by default the visible GPUs, e.g. ``["/gpu:0", "/gpu:1"]``; the tests pass two logical CPUs), else the
+    default strategy (one device, no replication). Pass ``devices=[]`` to turn mirroring off."""
+    import tensorflow as tf
+
+    if devices is None:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices = list(devices)
+    if len(devices) >= 2:
+        return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.get_strategy()
+
+
+def describe_strategy(strategy: Any) -> dict[str, Any]:
+    """What the training stats record about ``strategy``: its name, replica count and devices."""
+    import tensorflow as tf
+
+    mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
+    return {"strategy": type(strategy).__name__ if mirrored else "default",
+            "replicas": int(strategy.num_replicas_in_sync),
+            "devices": list(strategy.extended.worker_devices) if mirrored else []}
 
 
 def class_weights(ys: Sequence[int]) -> dict[int, float]:
@@ -208,6 +236,7 @@ def train(
     stall_lr_factor: float = 0.5,
     plateau_patience: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    devices: Sequence[str] | None = None,
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
     """Fit a model. Returns (model with the best validation-AUC weights, per-epoch history, stats).
 
@@ -220,6 +249,12 @@ def train(
     ``plateau_patience`` > 0 the learning rate halves after that many epochs without a better validation AUC
     (down to 1/16 of the start). ``progress``, when given, is called with (epochs done, ``epochs``) after each
     epoch (a restarted try counts from its own first epoch again).
+
+    The model is built and compiled under :func:`distribution_strategy` (``devices``: None = every visible GPU,
+    mirrored when there are two or more; ``[]`` = no mirroring). ``batch_size`` is the *global* batch: under a
+    ``MirroredStrategy`` each step's batch is split across the replicas (``batch_size / replicas`` each), so the
+    learning dynamics match a one-device training; raise ``batch_size`` with the replica count to keep each
+    device as busy. The strategy is logged and recorded in the stats (``distribution``).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -227,6 +262,11 @@ def train(
         tries_file = work_dir / "attempts.json"
         attempts = _read_attempts(tries_file, log)
         weights = class_weights([e.y for e in train_entries])
+        strategy = distribution_strategy(devices)
+        distribution = describe_strategy(strategy)
+        log(f"training under the {distribution['strategy']} strategy with {distribution['replicas']} replica(s)"
+            + (f" on {', '.join(distribution['devices'])}" if distribution["devices"] else "")
+            + f"; global batch {batch_size}")
         started = time.monotonic()
         while True:
             k = len(attempts)
@@ -236,8 +276,9 @@ def train(
             if k:
                 log(f"try {k + 1}/{max_attempts}: restarting from seed {try_seed} at learning rate {try_lr:.2e}")
             keras.utils.set_random_seed(try_seed)
-            model = build_model(arch, int(spec["size"]), width=width, learning_rate=try_lr, seed=try_seed,
-                                weights_path=weights_path)
+            with strategy.scope():  # variables mirrored on every replica; fit() splits each global batch
+                model = build_model(arch, int(spec["size"]), width=width, learning_rate=try_lr, seed=try_seed,
+                                    weights_path=weights_path)
             train_ds = _dataset(train_entries, stores, spec, batch_size, True, try_seed, max_pixels, robust_aug,
                                 scale_aug, scale_aug_min)
             val_ds = _dataset(val_entries, stores, spec, batch_size, False, try_seed, max_pixels)
@@ -288,6 +329,7 @@ def train(
             "class_weights": weights,
             "attempts": attempts,
             "no_signal": no_signal,
+            "distribution": distribution,
         }
         shutil.rmtree(work_dir, ignore_errors=True)
         return model, history, stats

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,9 @@ def test_thumbnail_refuses_paths_leaving_the_source(client, world):
     rows[0]["path"] = "../secret.png"
     rows[1]["path"] = "/etc/passwd"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = path.parent / "summary.json"  # a store written by someone else: its summary agrees with the rows
+    digests = {**json.loads(summary.read_text())["results_sha256"], "jsonl": sha256(path.read_bytes()).hexdigest()}
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "results_sha256": digests}))
     assert client.get(f"/batches/{BATCH}/thumb/0.jpg").status_code == 404
     assert client.get(f"/batches/{BATCH}/thumb/1.jpg").status_code == 404
 

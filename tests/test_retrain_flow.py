@@ -313,7 +313,7 @@ def test_killed_training_resumes_from_last_epoch(tmp_path: Path):
                               spec=make_spec("crop", 32, 1), epochs=total, batch_size=8, learning_rate=1e-3,
                               width=8, patience=100, seed=0, max_pixels=10**7, work_dir=work, log=lines.append,
                               stall_epochs=0)  # this test is about the checkpoint, not the start
-    first_epoch = int(lines[0].split()[1].split("/")[0])
+    first_epoch = int([line for line in lines if line.startswith("epoch ")][0].split()[1].split("/")[0])
     assert first_epoch > 1, lines  # it did not start again from epoch 1
     assert len(history["loss"]) == stats["epochs_run"] >= total - 1
     assert not work.exists()  # the checkpoint folder is removed after success
