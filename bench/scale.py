@@ -46,31 +46,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets" / "lfw_faceswap_2k"
 CACHE = Path(tempfile.gettempdir()) / "dfd-bench-scale"
 
 
 def source_folder(n: int) -> tuple[Path, str]:
-    """``n`` files, half real and half fake, from lfw_faceswap_2k (else generated 256 px JPEGs)."""
-    dest = CACHE / f"files-{n}"
-    if dest.is_dir() and len(list(dest.iterdir())) == n:
-        return dest, (dest.parent / f"files-{n}.source").read_text()
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    if SHARED.is_dir():
-        files = sorted((SHARED / "real").iterdir())[: n // 2] + sorted((SHARED / "df").iterdir())[: n - n // 2]
-        for i, src in enumerate(files):
-            shutil.copyfile(src, dest / f"{i:05d}_{src.name}")
-        what = f"{n} files of lfw_faceswap_2k (250x250 JPEG)"
-    else:
-        from dfd.demo import encode_jpeg, synthetic_photo
+    """``n`` files, half real and half fake, from lfw_faceswap_2k (else generated 256 px JPEGs): the inputs of
+    ``bench/score_throughput.py``, cached under their own folder."""
+    from score_throughput import small_images
 
-        rng = np.random.default_rng(0)
-        for i in range(n):
-            (dest / f"{i:05d}.jpg").write_bytes(encode_jpeg(synthetic_photo(rng, 256), 85))
-        what = f"{n} generated 256x256 JPEGs (lfw_faceswap_2k not found)"
-    (dest.parent / f"files-{n}.source").write_text(what)
-    return dest, what
+    return small_images(n, CACHE / f"files-{n}")
 
 
 def fresh_copy(src: Path, name: str, limit: int | None = None) -> Path:

@@ -38,16 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from test_soak import bad_answers, build_load_store, endpoint_plans, hammer, rss_mb  # noqa: E402
+from viewer_big_upload import reset_peak  # noqa: E402
 from viewer_fixtures import start_server, stop_server, wait_ready  # noqa: E402
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset the peak-RSS counter of ``pid`` (Linux: 5 > clear_refs); False when not allowed."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
