@@ -1,0 +1,189 @@
+"""What the default model costs per image on real-size inputs, and how well it uses the CPU.
+
+    python bench/model_cost.py                          # the default architecture, untrained (same cost)
+    python bench/model_cost.py --store URL [--model-version V]   # a published model instead
+    python bench/model_cost.py --crops-auc              # also: train the default on lfw_faceswap_2k (seed 42,
+                                                        # about 15 min on 2 cores) and score with 1, 3 and 5 views
+
+Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128; ffpp_c23_frames: 128 px frames
+-> 1 crop; generated 256 px JPEGs when the shared sets are absent):
+
+* multiply-accumulates (MACs) per view and per image, counted layer by layer from the Keras graph;
+* images/s of the model alone (views already cut, one traced graph, batches of 64 views) and of
+  ``Predictor.score_pixels`` (views cut from decoded pixels, as the scorer and the viewer do);
+* the achieved GMAC/s of the model alone, against the machine's peak measured in the same run: a
+  4096 x 4096 float32 matmul through TensorFlow (all cores), the best of 3.
+
+With ``--crops-auc`` it also prints the test AUC of one trained default model when scoring averages the first
+1, 3 or 5 of its views (centre, then corners), clean and after a x0.5 down-scale: whether the views earn
+their cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+import numpy as np  # noqa: E402
+
+
+def count_macs(model: Any) -> int:
+    """Multiply-accumulates of one forward pass of one view, from the layers' output shapes (convolutions,
+    depthwise and separable convolutions, dense layers; pooling, activations and concatenations are free)."""
+    from keras import layers
+
+    total = 0
+    for layer in model.layers:
+        out = layer.output.shape
+        if isinstance(layer, layers.SeparableConv2D):
+            kh, kw = layer.kernel_size
+            cin = layer.input.shape[-1]
+            total += out[1] * out[2] * cin * layer.depth_multiplier * kh * kw  # depthwise
+            total += out[1] * out[2] * cin * layer.depth_multiplier * out[-1]  # pointwise
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            total += out[1] * out[2] * out[-1] * kh * kw
+        elif isinstance(layer, layers.Conv2D):
+            kh, kw = layer.kernel_size
+            total += out[1] * out[2] * out[-1] * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, layers.Dense):
+            total += layer.input.shape[-1] * out[-1]
+    return int(total)
+
+
+def peak_gmacs(n: int = 4096, rounds: int = 3) -> float:
+    """The machine's float32 matmul rate through TensorFlow, in GMAC/s (best of ``rounds``)."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    b = tf.random.uniform((n, n), dtype=tf.float32)
+    tf.linalg.matmul(a, b).numpy()  # warm up
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return n**3 / best / 1e9
+
+
+def inputs(kind: str, n: int) -> tuple[list[np.ndarray], str]:
+    """``n`` decoded images of one kind, and where they came from."""
+    from dfd.imageio import decode_image
+
+    folder = {"lfw": SHARED / "lfw_faceswap_2k" / "real", "ffpp": SHARED / "ffpp_c23_frames" / "real"}[kind]
+    if folder.is_dir():
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))[:n]
+        images = [decode_image(p.read_bytes()).pixels for p in files]
+        h, w = images[0].shape[:2]
+        return images, f"{len(images)} files of {folder.parent.name} ({w}x{h})"
+    from dfd.demo import synthetic_photo
+
+    rng = np.random.default_rng(0)
+    side = 250 if kind == "lfw" else 128
+    return [synthetic_photo(rng, side) for _ in range(n)], f"{n} generated {side}x{side} images"
+
+
+def timed(fn: Any, rounds: int = 3) -> float:
+    """The best wall time of ``rounds`` calls, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def predictor_for(args: argparse.Namespace, crops: int) -> tuple[Any, str]:
+    from dfd.predict import Predictor
+
+    if args.store:
+        from dfd.scoring import load_predictor
+        from dfd.storage import open_store
+
+        pred, version = load_predictor(open_store(args.store), args.model_version, tempfile.mkdtemp())
+        return Predictor(pred.model, {**pred.metadata, "input_spec": {**pred.spec, "crops": crops}}), version
+    from dfd.model import build_model
+
+    spec = {"mode": "crop", "size": 128, "crops": crops}
+    return Predictor(build_model("patchnet", 128), {"input_spec": spec, "threshold": 0.5}), "untrained default"
+
+
+def cost_table(args: argparse.Namespace) -> None:
+    peak = peak_gmacs()
+    print(f"\nmachine peak (4096^2 float32 matmul, TensorFlow, all cores): {peak:.1f} GMAC/s\n")
+    print("| input | model | views/image | MMAC/view | MMAC/image | model alone img/s | achieved GMAC/s "
+          "| of peak | score_pixels img/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, crops in (("lfw", 5), ("ffpp", 1)):
+        images, what = inputs(kind, args.images)
+        pred, name = predictor_for(args, crops)
+        macs = count_macs(pred.model)
+        views = np.concatenate([pred.views(p) for p in images]).astype(np.float32)
+
+        t_model = timed(lambda pred=pred, views=views: [pred._forward(views[i : i + 64])
+                                                        for i in range(0, len(views), 64)])
+        t_full = timed(lambda pred=pred, images=images: pred.score_pixels(images, batch_size=64))
+        per_image = macs * pred.views_per_image
+        ips = len(images) / t_model
+        gmacs = per_image * ips / 1e9
+        print(f"| {what} | {name} | {pred.views_per_image} | {macs / 1e6:.1f} | {per_image / 1e6:.1f} | "
+              f"{ips:.1f} | {gmacs:.1f} | {gmacs / peak:.1%} | {len(images) / t_full:.1f} |")
+
+
+def crops_auc() -> None:
+    """Train the default on lfw_faceswap_2k (seed 42) and score its test split with 1, 3 and 5 views."""
+    import quality
+
+    from dfd import evaluate, robust
+    from dfd.imageio import decode_image
+    from dfd.settings import Settings
+    from dfd.storage import open_store
+
+    base = Settings.from_env()
+    ds = quality.prepare("lfw_faceswap_2k", SHARED / "lfw_faceswap_2k", base)
+    with tempfile.TemporaryDirectory() as synth:
+        _row, pred = quality.run_one(ds, "default", base, Path(synth), seed=42)
+    test = ds.entries("test")
+    store = open_store(ds.root)
+    clean = [decode_image(store.read_bytes(e.key), base.max_image_pixels).pixels for e in test]
+    half = [robust.downscale(p, 0.5) for p in clean]
+    y = np.array([e.y for e in test])
+
+    def view_logits(images: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for p in images:
+            probs = np.clip(pred._forward(pred.views(p).astype(np.float32)), 1e-6, 1 - 1e-6)
+            out.append(np.log(probs / (1 - probs)))
+        return np.array(out)  # (images, 5)
+
+    lc, lh = view_logits(clean), view_logits(half)
+    print(f"\nlfw_faceswap_2k, default trained with seed 42, {len(test)} test images: AUC by views averaged\n")
+    print("| views (centre, then corners) | test AUC | AUC x0.5 |\n|---|---|---|")
+    for k in (1, 3, 5):
+        print(f"| {k} | {evaluate.auc(y, lc[:, :k].mean(1)):.4f} | {evaluate.auc(y, lh[:, :k].mean(1)):.4f} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    ap.add_argument("--store", default="", help="artifact store URL of a published model (default: untrained)")
+    ap.add_argument("--model-version", default=None, help="version in --store (default: its champion)")
+    ap.add_argument("--images", type=int, default=200, help="images per input kind (default: 200)")
+    ap.add_argument("--crops-auc", action="store_true", help="also train on lfw and compare 1, 3, 5 views")
+    args = ap.parse_args()
+    cost_table(args)
+    if args.crops_auc:
+        crops_auc()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
