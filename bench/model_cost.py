@@ -2,8 +2,9 @@
 
     python bench/model_cost.py                          # the default architecture, untrained (same cost)
     python bench/model_cost.py --store URL [--model-version V]   # a published model instead
-    python bench/model_cost.py --crops-auc              # also: train the default on lfw_faceswap_2k (seed 42,
-                                                        # about 15 min on 2 cores) and score with 1, 3 and 5 views
+    python bench/model_cost.py --crops-auc [--seeds 42 43 44]   # also: train the default on lfw_faceswap_2k
+                                                        # (about 15 min per seed on 2 cores) and score its
+                                                        # test split with 1, 3 and 5 views
 
 Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128; ffpp_c23_frames: 128 px frames
 -> 1 crop; generated 256 px JPEGs when the shared sets are absent):
@@ -139,8 +140,8 @@ def cost_table(args: argparse.Namespace) -> None:
               f"{ips:.1f} | {gmacs:.1f} | {gmacs / peak:.1%} | {len(images) / t_full:.1f} |")
 
 
-def crops_auc() -> None:
-    """Train the default on lfw_faceswap_2k (seed 42) and score its test split with 1, 3 and 5 views."""
+def crops_auc(seeds: list[int]) -> None:
+    """Train the default on lfw_faceswap_2k (each seed) and score its test split with 1, 3 and 5 views."""
     import quality
 
     from dfd import evaluate, robust
@@ -150,26 +151,34 @@ def crops_auc() -> None:
 
     base = Settings.from_env()
     ds = quality.prepare("lfw_faceswap_2k", SHARED / "lfw_faceswap_2k", base)
-    with tempfile.TemporaryDirectory() as synth:
-        _row, pred = quality.run_one(ds, "default", base, Path(synth), seed=42)
     test = ds.entries("test")
     store = open_store(ds.root)
     clean = [decode_image(store.read_bytes(e.key), base.max_image_pixels).pixels for e in test]
     half = [robust.downscale(p, 0.5) for p in clean]
     y = np.array([e.y for e in test])
 
-    def view_logits(images: list[np.ndarray]) -> np.ndarray:
+    def view_logits(pred: Any, images: list[np.ndarray]) -> np.ndarray:
         out = []
         for p in images:
             probs = np.clip(pred._forward(pred.views(p).astype(np.float32)), 1e-6, 1 - 1e-6)
             out.append(np.log(probs / (1 - probs)))
         return np.array(out)  # (images, 5)
 
-    lc, lh = view_logits(clean), view_logits(half)
-    print(f"\nlfw_faceswap_2k, default trained with seed 42, {len(test)} test images: AUC by views averaged\n")
+    aucs = []  # per seed: (clean, x0.5) for 1, 3, 5 views
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as synth:
+            _row, pred = quality.run_one(ds, "default", base, Path(synth), seed=seed)
+        lc, lh = view_logits(pred, clean), view_logits(pred, half)
+        aucs.append([(evaluate.auc(y, lc[:, :k].mean(1)), evaluate.auc(y, lh[:, :k].mean(1))) for k in (1, 3, 5)])
+        print(f"seed {seed}: " + ", ".join(f"{k} views {a[0]:.4f} (x0.5 {a[1]:.4f})"
+                                           for k, a in zip((1, 3, 5), aucs[-1], strict=True)), flush=True)
+    a = np.array(aucs)  # (seeds, 3, 2)
+    sd = a.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(a.shape[1:])
+    print(f"\nlfw_faceswap_2k, default, seeds {' '.join(map(str, seeds))}, {len(test)} test images: AUC by views\n")
     print("| views (centre, then corners) | test AUC | AUC x0.5 |\n|---|---|---|")
-    for k in (1, 3, 5):
-        print(f"| {k} | {evaluate.auc(y, lc[:, :k].mean(1)):.4f} | {evaluate.auc(y, lh[:, :k].mean(1)):.4f} |")
+    for i, k in enumerate((1, 3, 5)):
+        m = a.mean(axis=0)
+        print(f"| {k} | {m[i, 0]:.4f} ± {sd[i, 0]:.4f} | {m[i, 1]:.4f} ± {sd[i, 1]:.4f} |")
 
 
 def main() -> int:
@@ -178,10 +187,13 @@ def main() -> int:
     ap.add_argument("--model-version", default=None, help="version in --store (default: its champion)")
     ap.add_argument("--images", type=int, default=200, help="images per input kind (default: 200)")
     ap.add_argument("--crops-auc", action="store_true", help="also train on lfw and compare 1, 3, 5 views")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds for --crops-auc")
+    ap.add_argument("--no-cost", action="store_true", help="skip the cost table")
     args = ap.parse_args()
-    cost_table(args)
+    if not args.no_cost:
+        cost_table(args)
     if args.crops_auc:
-        crops_auc()
+        crops_auc(args.seeds)
     return 0
 
 
