@@ -17,7 +17,6 @@ Command line: ``dfd-registry list | champion | rollback [--to VERSION]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from dfd.layout import CHAMPION, COMPLETE, METADATA_FILE, MODEL_FILE, RUN_RECORD, RUNS, run_key
 from dfd.storage import Conflict, NotFound, StorageError, Store
+from dfd.storage.files import file_sha256
 
 
 class RegistryError(RuntimeError):
@@ -52,7 +52,7 @@ def publish_run(store: Store, version: str, local_dir: str | Path) -> dict[str, 
         if rel == COMPLETE:
             continue
         store.upload_file(path, run_key(version, rel))
-        listing[rel] = {"bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+        listing[rel] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     for rel, info in listing.items():
         try:
             size = store.stat(run_key(version, rel)).size
@@ -202,14 +202,6 @@ def resolve_version(store: Store, version: str | None) -> str:
             f"no champion model in {store.url}: run the retraining flow first (make demo or dfd-retrain)"
         )
     return champ
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _now() -> str:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +144,11 @@ def test_a_worker_killed_mid_run_costs_only_its_shard(prefect_api, tmp_path, art
     pids_before = set(worker_pids(cluster).values())
     killed: list[int] = []
 
+    run_ended = threading.Event()
+
     def kill_first_writer() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        """Watch the ledger folder until the first chunk appears (or the run ends), then kill its writer."""
+        while not run_ended.is_set():
             found = [m for p in (chunks.glob("*.jsonl") if chunks.is_dir() else [])
                      if (m := re.search(r"-pid(\d+)-", p.name))]
             if found:
@@ -155,14 +156,18 @@ def test_a_worker_killed_mid_run_costs_only_its_shard(prefect_api, tmp_path, art
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
-            time.sleep(0.005)
+            run_ended.wait(0.005)
 
     killer = threading.Thread(target=kill_first_writer, daemon=True)
     killer.start()
-    summary = score_folder_flow(path=str(folder), artifacts_url=str(artifacts), batch_size=2,
-                                dask_address=cluster.scheduler.address, shard_files=40)
-    killer.join(timeout=60)
-    assert killed, "no ledger chunk appeared within 5 minutes, so no worker was killed"
+    try:
+        summary = score_folder_flow(path=str(folder), artifacts_url=str(artifacts), batch_size=2,
+                                    dask_address=cluster.scheduler.address, shard_files=40)
+    finally:
+        run_ended.set()
+    killer.join(timeout=300)
+    assert not killer.is_alive(), "the watcher of the ledger folder did not stop within 300 s of the run's end"
+    assert killed, "the run ended before any ledger chunk appeared, so no worker was killed"
     print(f"\nkilled worker pid {killed[0]}; scored {summary['scored_this_run']}, reused "
           f"{summary['reused_this_run']} (recorded by the dead worker before it died)")
     assert killed[0] in pids_before

@@ -19,7 +19,6 @@ after them, so a listed batch never shows results of one run beside the summary 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections import Counter
@@ -31,6 +30,7 @@ from dfd.layout import ERROR_LABEL, RESULT_FIELDS, RESULT_LABELS, RESULTS_CSV, R
 from dfd.scoring.errors import error_reason
 from dfd.scoring.ledger import Ledger, utc_now
 from dfd.storage import ObjectInfo, Store, join
+from dfd.storage.files import file_sha256
 
 
 def write_results(
@@ -74,15 +74,6 @@ def write_results(
         "errors_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "results_sha256": digests,
     }
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a local file, read in blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def result_row(
