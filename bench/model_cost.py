@@ -6,12 +6,15 @@
                                                         # (about 15 min per seed on 2 cores) and score its
                                                         # test split with 1, 3 and 5 views
 
-Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128; ffpp_c23_frames: 128 px frames
--> 1 crop; generated 256 px JPEGs when the shared sets are absent):
+Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 1 crop of 128, and 5 crops as the previous
+default scored them; ffpp_c23_frames: 128 px frames -> 1 crop; generated JPEGs when the shared sets are
+absent):
 
 * multiply-accumulates (MACs) per view and per image, counted layer by layer from the Keras graph;
 * images/s of the model alone (views already cut, one traced graph, batches of 64 views) and of
   ``Predictor.score_pixels`` (views cut from decoded pixels, as the scorer and the viewer do);
+* files/s of :func:`dfd.scoring.score_folder` on a folder of those files (read, hash, decode, views, model,
+  ledger and results files: what a batch run does), the best of 3 runs on a fresh results store each;
 * the achieved GMAC/s of the model alone, against the machine's peak measured in the same run: a
   4096 x 4096 float32 matmul through TensorFlow (all cores), the best of 3.
 
@@ -75,21 +78,32 @@ def peak_gmacs(n: int = 4096, rounds: int = 3) -> float:
     return n**3 / best / 1e9
 
 
-def inputs(kind: str, n: int) -> tuple[list[np.ndarray], str]:
-    """``n`` decoded images of one kind, and where they came from."""
+def inputs(kind: str, n: int, dest: Path) -> tuple[list[np.ndarray], Path, str]:
+    """``n`` decoded images of one kind, a folder ``dest`` holding their files (for end-to-end scoring), and
+    where they came from."""
+    import shutil
+
     from dfd.imageio import decode_image
 
+    dest.mkdir(parents=True, exist_ok=True)
     folder = {"lfw": SHARED / "lfw_faceswap_2k" / "real", "ffpp": SHARED / "ffpp_c23_frames" / "real"}[kind]
     if folder.is_dir():
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))[:n]
+        for i, p in enumerate(files):
+            shutil.copyfile(p, dest / f"{i:05d}{p.suffix}")
         images = [decode_image(p.read_bytes()).pixels for p in files]
         h, w = images[0].shape[:2]
-        return images, f"{len(images)} files of {folder.parent.name} ({w}x{h})"
+        return images, dest, f"{len(images)} files of {folder.parent.name} ({w}x{h})"
+    from PIL import Image
+
     from dfd.demo import synthetic_photo
 
     rng = np.random.default_rng(0)
     side = 250 if kind == "lfw" else 128
-    return [synthetic_photo(rng, side) for _ in range(n)], f"{n} generated {side}x{side} images"
+    images = [synthetic_photo(rng, side) for _ in range(n)]
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(dest / f"{i:05d}.jpg", quality=90)
+    return images, dest, f"{n} generated {side}x{side} JPEGs"
 
 
 def timed(fn: Any, rounds: int = 3) -> float:
@@ -118,26 +132,42 @@ def predictor_for(args: argparse.Namespace, crops: int) -> tuple[Any, str]:
     return Predictor(build_model("patchnet", 128), {"input_spec": spec, "threshold": 0.5}), "untrained default"
 
 
+# (input kind, views per image, what the row is): lfw-size images with the previous default's five views and
+# with today's one, side by side in one run; ffpp frames are one crop either way.
+ROWS = (("lfw", 5, "previous default (5 views)"), ("lfw", 1, "default (1 view)"), ("ffpp", 1, "default (1 view)"))
+
+
 def cost_table(args: argparse.Namespace) -> None:
+    from score_throughput import run_core
+
     peak = peak_gmacs()
     print(f"\nmachine peak (4096^2 float32 matmul, TensorFlow, all cores): {peak:.1f} GMAC/s\n")
     print("| input | model | views/image | MMAC/view | MMAC/image | model alone img/s | achieved GMAC/s "
-          "| of peak | score_pixels img/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for kind, crops in (("lfw", 5), ("ffpp", 1)):
-        images, what = inputs(kind, args.images)
-        pred, name = predictor_for(args, crops)
-        macs = count_macs(pred.model)
-        views = np.concatenate([pred.views(p) for p in images]).astype(np.float32)
+          "| of peak | score_pixels img/s | score_folder files/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    speed: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory(prefix="dfd-model-cost-") as tmp:
+        loaded = {kind: inputs(kind, args.images, Path(tmp) / kind) for kind in ("lfw", "ffpp")}
+        for kind, crops, label in ROWS:
+            images, folder, what = loaded[kind]
+            pred, name = predictor_for(args, crops)
+            macs = count_macs(pred.model)
+            views = np.concatenate([pred.views(p) for p in images]).astype(np.float32)
 
-        t_model = timed(lambda pred=pred, views=views: [pred._forward(views[i : i + 64])
-                                                        for i in range(0, len(views), 64)])
-        t_full = timed(lambda pred=pred, images=images: pred.score_pixels(images, batch_size=64))
-        per_image = macs * pred.views_per_image
-        ips = len(images) / t_model
-        gmacs = per_image * ips / 1e9
-        print(f"| {what} | {name} | {pred.views_per_image} | {macs / 1e6:.1f} | {per_image / 1e6:.1f} | "
-              f"{ips:.1f} | {gmacs:.1f} | {gmacs / peak:.1%} | {len(images) / t_full:.1f} |")
+            t_model = timed(lambda pred=pred, views=views: [pred._forward(views[i : i + 64])
+                                                            for i in range(0, len(views), 64)])
+            t_full = timed(lambda pred=pred, images=images: pred.score_pixels(images, batch_size=64))
+            folder_rate = max(run_core(folder, pred, name, 64) for _ in range(3))  # best of 3, fresh store each
+            per_image = macs * pred.views_per_image
+            ips = len(images) / t_model
+            gmacs = per_image * ips / 1e9
+            speed[(kind, crops)] = folder_rate
+            print(f"| {what} | {name}, {label} | {pred.views_per_image} | {macs / 1e6:.1f} | "
+                  f"{per_image / 1e6:.1f} | {ips:.1f} | {gmacs:.1f} | {gmacs / peak:.1%} | "
+                  f"{len(images) / t_full:.1f} | {folder_rate:.1f} |")
+    print(f"\nlfw-size images, score_folder (read, hash, decode, views, model, ledger, results): 1 view "
+          f"{speed[('lfw', 1)]:.1f} files/s against 5 views {speed[('lfw', 5)]:.1f}: "
+          f"x{speed[('lfw', 1)] / speed[('lfw', 5)]:.2f}")
 
 
 def crops_auc(seeds: list[int]) -> None:

@@ -20,9 +20,9 @@ the load drifts between runs; the rounds are printed). Printed:
 
 The model: ``--store``/``--model-version`` (as ``bench/score_throughput.py``), else the champion of the
 checkout's ``artifacts/``, else ``--model default-arch``: an *untrained* model of the default architecture and
-input (patchnet, width 32, 5 crops of 128 px), which costs what the trained default costs per image (its scores
-mean nothing, and nothing here looks at them); ``--model tiny`` is the test suite's tiny model. The table says
-which.
+input (patchnet, width 32, ``DFD_EVAL_CROPS`` crops of 128 px: 1 by default), which costs what the trained
+default costs per image (its scores mean nothing, and nothing here looks at them); ``--model tiny`` is the
+test suite's tiny model. The table says which.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def model_store(args: argparse.Namespace) -> tuple[str, str | None, str]:
     if args.model == "auto" and (local / "champion.json").exists():
         version = champion_version(Settings.from_env().store(str(local)))
         return str(local), version, f"champion {version} of artifacts/"
-    art = CACHE / f"model-{'tiny' if args.model == 'tiny' else 'default-arch'}"
+    views = Settings().eval_crops  # the cached default-architecture model is per view count
+    art = CACHE / ("model-tiny" if args.model == "tiny" else f"model-default-arch-x{views}")
     if args.model == "tiny":
         if not (art / "champion.json").exists():
             from helpers import publish_tiny_model
@@ -88,8 +89,8 @@ def model_store(args: argparse.Namespace) -> tuple[str, str | None, str]:
         return str(art), None, "tiny patchnet of tests/helpers.py (width 8, one 32 px crop)"
     if not (art / "champion.json").exists():
         publish_default_arch(art)
-    return str(art), None, ("untrained default-architecture patchnet (width 32, 5 crops of 128 px): the "
-                            "trained default's cost per image, meaningless scores")
+    return str(art), None, (f"untrained default-architecture patchnet (width 32, {views} crop(s) of 128 px): "
+                            "the trained default's cost per image, meaningless scores")
 
 
 def publish_default_arch(art: Path) -> None:
