@@ -19,10 +19,13 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 from dfd import promotion
 from dfd.imageio import decode_image
 from dfd.predict import Predictor
+from dfd.preprocess import larger_than_crop
 from dfd.storage import Store
 from dfd.train import Entry
 
 THRESHOLD_RULE = "maximum balanced accuracy on the validation split (ties: closest to 0.5)"
+# Validation AUC that more views must add before they are worth their cost (5 views: 5x the model's work).
+VIEWS_MARGIN = 0.005
 
 
 def score_entries(predictor: Predictor, entries: Sequence[Entry], stores: Sequence[Store],
@@ -37,6 +40,38 @@ def score_entries(predictor: Predictor, entries: Sequence[Entry], stores: Sequen
             yield from pool.map(load, entries)
 
     return predictor.score_pixels(pixels(), batch_size=batch_size)
+
+
+def compare_views(y: np.ndarray, scores_by_views: dict[int, np.ndarray], scored: int,
+                  margin: float = VIEWS_MARGIN) -> dict[str, Any]:
+    """Validation AUC of one model scored with different numbers of views, and advice when a number other
+    than the one it ``scored`` with is better by at least ``margin`` (the centre crop misses what the corners
+    show: faces or traces off-centre in this data)."""
+    aucs = {k: auc(y, np.nan_to_num(s, nan=0.5)) for k, s in sorted(scores_by_views.items())}
+    best = max(aucs, key=lambda k: (aucs[k], -k))
+    gain = aucs[best] - aucs[scored]
+    advice = ""
+    if best != scored and gain >= margin:
+        advice = (f"scoring {best} views instead of {scored} raises validation AUC from {aucs[scored]:.4f} to "
+                  f"{aucs[best]:.4f} (+{gain:.4f}) at {best / scored:g}x the work per image: retrain with "
+                  f"DFD_EVAL_CROPS={best}")
+    return {"scored": scored, "validation_auc": {str(k): v for k, v in aucs.items()}, "margin": margin,
+            "advice": advice}
+
+
+def check_views(predictor: Predictor, val: Sequence[Entry], raw_val: np.ndarray, stores: Sequence[Store],
+                min_sides: Sequence[int], max_pixels: int = 40_000_000) -> dict[str, Any] | None:
+    """When ``predictor`` scores fewer than 5 crops of images clearly larger than a crop, score validation
+    again with the centre and four corners and compare (:func:`compare_views`): whether the cheaper default
+    misses something in this data. None when there is nothing to compare."""
+    spec = predictor.spec
+    if spec.get("mode") != "crop" or predictor.views_per_image >= 5 or not larger_than_crop(
+            list(min_sides), int(spec["size"])):
+        return None
+    five = Predictor(predictor.model, {**predictor.metadata, "input_spec": {**spec, "crops": 5}})
+    raw_five = score_entries(five, val, stores, max_pixels=max_pixels)
+    y = np.array([e.y for e in val])
+    return compare_views(y, {predictor.views_per_image: raw_val, 5: raw_five}, predictor.views_per_image)
 
 
 def choose_threshold(y: np.ndarray, s: np.ndarray) -> float:

@@ -137,7 +137,8 @@ def _pick(node: Any, path: tuple[str, ...]) -> Any:
 
 def metric_rows(metrics: dict[str, Any], fallback: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The metrics table of a run: one row per metric with ``name``, ``test`` and ``validation`` values
-    (``None`` where a split lacks it; rows both lack are left out), then an ``Images`` count row.
+    (``None`` where a split lacks it; rows both lack are left out), validation AUC by number of views when
+    evaluation compared them, then an ``Images`` count row.
     ``fallback`` (the model sidecar's metrics) stands in for a missing test split."""
     test = metrics.get("test") or (fallback or {}).get("test") or {}
     val = metrics.get("validation") or {}
@@ -150,6 +151,8 @@ def metric_rows(metrics: dict[str, Any], fallback: dict[str, Any] | None = None)
         if t is None and v is None:
             continue
         rows.append({"name": name, "test": t, "validation": v})
+    for k, v in (metrics.get("views") or {}).get("validation_auc", {}).items():  # see dfd.evaluate.check_views
+        rows.append({"name": f"ROC AUC with {k} view{'' if k == '1' else 's'}", "test": None, "validation": v})
     n_test, n_val = test.get("n"), val.get("n")
     if n_test is not None or n_val is not None:
         rows.append({"name": "Images", "test": n_test, "validation": n_val, "count": True})

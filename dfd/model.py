@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from dfd.layout import METADATA_FILE, MODEL_FILE  # noqa: E402 - the saved model's files, importable from here too
-from dfd.preprocess import InputSpec, choose_crop_size, make_spec  # noqa: E402
+from dfd.preprocess import InputSpec, choose_crop_size, larger_than_crop, make_spec  # noqa: E402
 
 CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake)
 
@@ -43,7 +43,7 @@ def input_spec_for_data(arch: str, min_sides: list[int], *, max_crop: int, crop_
     comes from the data (see :func:`dfd.preprocess.choose_crop_size`), and scoring averages several crops only
     when the images are clearly larger than one crop."""
     crop = choose_crop_size(min_sides, max_crop, crop_size)
-    big = bool(min_sides) and float(np.median(min_sides)) >= 1.25 * crop
+    big = larger_than_crop(min_sides, crop)
     return input_spec_for(arch, crop, eval_crops if big else 1, face_crop=face_crop)
 
 

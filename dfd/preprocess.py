@@ -150,6 +150,12 @@ def center_view(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return eval_views(pixels, {**spec, "crops": 1})[0]
 
 
+def larger_than_crop(min_sides: list[int], crop: int) -> bool:
+    """Whether images with these shorter sides are clearly larger than one crop (median at least 1.25 crops),
+    so that corner views see pixels the centre view does not."""
+    return bool(min_sides) and float(np.median(min_sides)) >= 1.25 * crop
+
+
 def choose_crop_size(min_sides: list[int], max_crop: int, requested: int = 0) -> int:
     """The crop size for a data set: ``requested`` if set, else the largest multiple of 8 up to
     ``max_crop`` that fits inside 95% of the images (at least 16)."""

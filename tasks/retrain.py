@@ -245,6 +245,14 @@ def evaluate_model(settings: Settings, validated: S, trained: S) -> S:
                          for part in (val, test))
     assessment = evaluate.assess(val, raw_val, test, raw_test, seed=settings.seed, min_auc=settings.min_auc)
     result = record.metrics_record(assessment, reals_only=bool(validated.get("reals_only")), training=trained)
+    views = evaluate.check_views(predictor, val, raw_val, stores, validated.get("min_sides", []),
+                                 max_pixels=settings.max_image_pixels)
+    if views:
+        result["views"] = views
+        (log.warning if views["advice"] else log.info)(
+            "validation AUC by views scored per image: %s%s",
+            ", ".join(f"{k}: {v:.4f}" for k, v in views["validation_auc"].items()),
+            f"; {views['advice']}" if views["advice"] else "")
     (run_dir / layout.METRICS_FILE).write_text(json.dumps(result, indent=2))
     (run_dir / layout.TEST_SCORES_FILE).write_text(record.test_scores_csv(test, assessment.test_scores),
                                                    encoding="utf-8", newline="")

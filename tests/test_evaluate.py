@@ -93,3 +93,56 @@ def test_assess_calibrates_on_validation_and_judges_the_floor_on_both_splits():
     diverged = np.full(120, np.nan)  # a diverged model: NaN scores count as 0.5 and fail the floor
     dud = evaluate.assess(entries, diverged, entries, diverged, seed=0, min_auc=0.55)
     assert not dud.quality_floor["passed"] and dud.test["roc_auc"] == 0.5
+
+
+def test_compare_views_advises_more_views_only_when_they_pay_for_themselves():
+    y = np.r_[np.zeros(50), np.ones(50)].astype(int)
+    rng = np.random.default_rng(0)
+    weak = 0.5 + 0.1 * (y - 0.5) + rng.normal(0, 0.1, 100)  # the centre view: some signal
+    strong = 0.5 + 0.6 * (y - 0.5) + rng.normal(0, 0.1, 100)  # five views: much more
+    better = evaluate.compare_views(y, {1: weak, 5: strong}, scored=1)
+    assert better["validation_auc"]["5"] - better["validation_auc"]["1"] >= evaluate.VIEWS_MARGIN
+    assert "DFD_EVAL_CROPS=5" in better["advice"] and "5x the work" in better["advice"]
+    same = evaluate.compare_views(y, {1: strong, 5: strong + 1e-9}, scored=1)  # not worth 5x the work
+    assert same["advice"] == "" and same["scored"] == 1
+    assert evaluate.compare_views(y, {1: weak, 5: strong}, scored=5)["advice"] == ""  # already scoring the best
+
+
+def _brightness_model(size: int):
+    """A fixed model: the probability of 'deepfake' rises with a view's mean brightness (0.5 for mid-grey)."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    out = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, out)
+    model.layers[-1].set_weights([np.full((3, 1), 0.02, "float32"), np.array([-0.02 * 128 * 3], "float32")])
+    return model
+
+
+def test_check_views_finds_traces_the_centre_crop_misses(tmp_path):
+    """Fakes whose only trace is in a corner: the centre view sees nothing (AUC 0.5), five views see it all,
+    so evaluation advises DFD_EVAL_CROPS=5. Small images and models already scoring five views are skipped."""
+    from helpers import png_bytes
+
+    from dfd.predict import Predictor
+    from dfd.storage import open_store
+    from dfd.train import Entry
+
+    store = open_store(str(tmp_path))
+    entries = []
+    for i in range(20):
+        img = np.full((48, 48, 3), 128, np.uint8)
+        if i % 2:
+            img[:16, :16] = 255  # the trace, outside the centre crop (16..32)
+        store.write_bytes(f"v{i}.png", png_bytes(img))
+        entries.append(Entry(0, f"v{i}.png", i % 2))
+    spec = {"mode": "crop", "size": 16, "crops": 1}
+    pred = Predictor(_brightness_model(16), {"input_spec": spec, "threshold": 0.5})
+    raw = evaluate.score_entries(pred, entries, [store])
+    result = evaluate.check_views(pred, entries, raw, [store], [48] * 20)
+    assert result["validation_auc"] == {"1": 0.5, "5": 1.0}
+    assert "DFD_EVAL_CROPS=5" in result["advice"]
+    assert evaluate.check_views(pred, entries, raw, [store], [18] * 20) is None  # not larger than a crop
+    five = Predictor(pred.model, {"input_spec": {**spec, "crops": 5}, "threshold": 0.5})
+    assert evaluate.check_views(five, entries, raw, [store], [48] * 20) is None

@@ -111,9 +111,12 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
 
     # A model that outputs a constant (a learning rate of 10 collapses it in one epoch; no second try) is
     # refused by the quality floor although there is no champion to beat.
+    # Its 24 px crop of 32 px images also makes evaluation compare the centre view with five views.
     monkeypatch.setenv("DFD_MAX_TRAIN_ATTEMPTS", "1")
+    monkeypatch.setenv("DFD_MAX_CROP_SIZE", "24")
     dud = retrain(**common, epochs=2, learning_rate=10.0)
     monkeypatch.delenv("DFD_MAX_TRAIN_ATTEMPTS")
+    monkeypatch.delenv("DFD_MAX_CROP_SIZE")
     assert dud["decision"] == "rejected" and dud["champion_before"] is None, dud
     assert dud["reason"].startswith("no better than chance"), dud
     assert dud["no_signal"] is True and dud["quality_floor_passed"] is False
@@ -122,14 +125,18 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     metrics = store.read_json(f"runs/{dud['version']}/metrics.json")
     assert metrics["quality_floor"]["passed"] is False and metrics["training"]["no_signal"] is True
     assert metrics["quality_floor"]["splits"]["test"]["low"] <= 0.55
+    views = metrics["views"]  # a constant model: no view count is better, so no advice
+    assert views["scored"] == 1 and set(views["validation_auc"]) == {"1", "5"} and views["advice"] == ""
+    assert store.read_json(f"runs/{dud['version']}/metadata.json")["input_spec"]["crops"] == 1
     assert len(webhook) == 1 and "no better than chance" in webhook[0]["text"]
     closing = io.StringIO()
     with contextlib.redirect_stdout(closing):
         print_summary(dud, 1.0)
     assert "learned nothing usable from this data: it was not promoted" in closing.getvalue()
     # Prefect's UI: the metrics table ends with the decision; without VIEWER_URL the plots are listed by name.
-    assert table_of(latest_artifact("retrain-metrics"))[-1] == {
-        "metric": "decision", "test": f"rejected: {dud['reason']}", "validation": ""}
+    table = table_of(latest_artifact("retrain-metrics"))
+    assert table[-1] == {"metric": "decision", "test": f"rejected: {dud['reason']}", "validation": ""}
+    assert {r["metric"] for r in table} >= {"ROC AUC with 1 view", "ROC AUC with 5 views"}
     plots_md = latest_artifact("retrain-plots").data
     assert dud["version"] in plots_md and all(f"`{name}`" in plots_md for name in PLOT_FILES)
     assert "VIEWER_URL" in plots_md
