@@ -6,9 +6,9 @@
                                                         # (about 15 min per seed on 2 cores) and score its
                                                         # test split with 1, 3 and 5 views
 
-Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 1 crop of 128, and 5 crops as the previous
-default scored them; ffpp_c23_frames: 128 px frames -> 1 crop; generated JPEGs when the shared sets are
-absent):
+Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128 by default, and the centre crop
+alone as ``DFD_EVAL_CROPS=1`` scores them; ffpp_c23_frames: 128 px frames -> 1 crop; generated JPEGs when the
+shared sets are absent):
 
 * multiply-accumulates (MACs) per view and per image, counted layer by layer from the Keras graph;
 * images/s of the model alone (views already cut, one traced graph, batches of 64 views) and of
@@ -132,9 +132,9 @@ def predictor_for(args: argparse.Namespace, crops: int) -> tuple[Any, str]:
     return Predictor(build_model("patchnet", 128), {"input_spec": spec, "threshold": 0.5}), "untrained default"
 
 
-# (input kind, views per image, what the row is): lfw-size images with the previous default's five views and
-# with today's one, side by side in one run; ffpp frames are one crop either way.
-ROWS = (("lfw", 5, "previous default (5 views)"), ("lfw", 1, "default (1 view)"), ("ffpp", 1, "default (1 view)"))
+# (input kind, views per image, what the row is): lfw-size images with the default's five views and with one
+# (DFD_EVAL_CROPS=1), side by side in one run; ffpp frames are one crop either way.
+ROWS = (("lfw", 5, "default (5 views)"), ("lfw", 1, "DFD_EVAL_CROPS=1"), ("ffpp", 1, "default (frames: 1 crop)"))
 
 
 def cost_table(args: argparse.Namespace) -> None:

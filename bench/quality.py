@@ -59,6 +59,8 @@ BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 # fakes; the test split (real fakes) is untouched.
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("the retrain flow's defaults", {}),
+    "one-view": ("default, scoring the centre crop only (DFD_EVAL_CROPS=1): a fifth of the model's work on "
+                 "images larger than a crop", {"eval_crops": 1}),
     "seed-cnn": ("the seed's baseline architecture", {"arch": "seed-cnn"}),
     "efficientnet-b0": ("EfficientNet-B0 from random weights on the same crops (no download)",
                         {"arch": "efficientnet-b0"}),

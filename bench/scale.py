@@ -134,7 +134,7 @@ def model_cost(art: str, version: str | None, folder: Path, batch_size: int) -> 
     from dfd.settings import Settings
 
     predictor, _ = load_predictor(Settings.from_env().store(art), version, str(CACHE / "models"))
-    files = sorted(folder.iterdir())[:batch_size]
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))[:batch_size]  # not .source
     views = np.concatenate([predictor.views(decode_image(p.read_bytes()).pixels) for p in files]).astype("float32")
     predictor.score_views(views)
     done, t0 = 0, time.perf_counter()

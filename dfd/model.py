@@ -29,7 +29,7 @@ CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake
 ARCHITECTURES = ("patchnet", "seed-cnn", "efficientnet-b0")
 
 
-def input_spec_for(arch: str, crop_size: int, eval_crops: int = 1, face_crop: bool = False) -> InputSpec:
+def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5, face_crop: bool = False) -> InputSpec:
     """How images are cut for ``arch``: seed-cnn resizes to 64 x 64; the others use native-resolution crops.
     With ``face_crop`` the views are cut from the largest detected face (see :mod:`dfd.faces`)."""
     if arch == "seed-cnn":
@@ -38,7 +38,7 @@ def input_spec_for(arch: str, crop_size: int, eval_crops: int = 1, face_crop: bo
 
 
 def input_spec_for_data(arch: str, min_sides: list[int], *, max_crop: int, crop_size: int = 0,
-                        eval_crops: int = 1, face_crop: bool = False) -> InputSpec:
+                        eval_crops: int = 5, face_crop: bool = False) -> InputSpec:
     """The input spec for training ``arch`` on images whose shorter sides are ``min_sides``: the crop size
     comes from the data (see :func:`dfd.preprocess.choose_crop_size`), and scoring averages several crops only
     when the images are clearly larger than one crop."""

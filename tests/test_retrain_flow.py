@@ -111,12 +111,13 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
 
     # A model that outputs a constant (a learning rate of 10 collapses it in one epoch; no second try) is
     # refused by the quality floor although there is no champion to beat.
-    # Its 24 px crop of 32 px images also makes evaluation compare the centre view with five views.
+    # It scores one 24 px crop of 32 px images (DFD_EVAL_CROPS=1), so evaluation also compares five views.
     monkeypatch.setenv("DFD_MAX_TRAIN_ATTEMPTS", "1")
     monkeypatch.setenv("DFD_MAX_CROP_SIZE", "24")
+    monkeypatch.setenv("DFD_EVAL_CROPS", "1")
     dud = retrain(**common, epochs=2, learning_rate=10.0)
-    monkeypatch.delenv("DFD_MAX_TRAIN_ATTEMPTS")
-    monkeypatch.delenv("DFD_MAX_CROP_SIZE")
+    for var in ("DFD_MAX_TRAIN_ATTEMPTS", "DFD_MAX_CROP_SIZE", "DFD_EVAL_CROPS"):
+        monkeypatch.delenv(var)
     assert dud["decision"] == "rejected" and dud["champion_before"] is None, dud
     assert dud["reason"].startswith("no better than chance"), dud
     assert dud["no_signal"] is True and dud["quality_floor_passed"] is False
