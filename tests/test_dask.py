@@ -87,7 +87,10 @@ def test_local_cluster_gives_the_in_process_rows_and_loads_the_model_once_per_wo
     on_dask = score_folder_flow(path=str(twin), artifacts_url=str(artifacts), batch_size=3,
                                 dask_address=cluster.scheduler.address, shard_files=2)
     assert single["files"] == on_dask["files"] == 13
-    assert on_dask["errors"] == single["errors"] == 1 and on_dask["scored_this_run"] == 11
+    assert on_dask["errors"] == single["errors"] == 1
+    # The exact duplicate is scored, or reused when its twin's shard recorded it in the ledger first: which of
+    # the two depends on the order the workers take the shards, so only the sum is fixed.
+    assert on_dask["scored_this_run"] + on_dask["reused_this_run"] == 12 and on_dask["scored_this_run"] in (11, 12)
     assert_same_rows(rows_of(single), rows_of(on_dask))
     for key in ("counts", "errors_by_reason", "scored", "model_version", "threshold"):
         assert on_dask[key] == single[key], key
