@@ -20,7 +20,7 @@ the load drifts between runs; the rounds are printed). Printed:
 
 The model: ``--store``/``--model-version`` (as ``bench/score_throughput.py``), else the champion of the
 checkout's ``artifacts/``, else ``--model default-arch``: an *untrained* model of the default architecture and
-input (patchnet, width 32, ``DFD_EVAL_CROPS`` crops of 128 px: 1 by default), which costs what the trained
+input (patchnet, width 32, ``DFD_EVAL_CROPS`` crops of 128 px: 5 by default), which costs what the trained
 default costs per image (its scores mean nothing, and nothing here looks at them); ``--model tiny`` is the
 test suite's tiny model. The table says which.
 """

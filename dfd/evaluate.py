@@ -62,8 +62,8 @@ def compare_views(y: np.ndarray, scores_by_views: dict[int, np.ndarray], scored:
 def check_views(predictor: Predictor, val: Sequence[Entry], raw_val: np.ndarray, stores: Sequence[Store],
                 min_sides: Sequence[int], max_pixels: int = 40_000_000) -> dict[str, Any] | None:
     """When ``predictor`` scores fewer than 5 crops of images clearly larger than a crop, score validation
-    again with the centre and four corners and compare (:func:`compare_views`): whether the cheaper default
-    misses something in this data. None when there is nothing to compare."""
+    again with the centre and four corners and compare (:func:`compare_views`): whether scoring fewer views
+    (``DFD_EVAL_CROPS=1``, the fast mode) misses something in this data. None when there is nothing to compare."""
     spec = predictor.spec
     if spec.get("mode") != "crop" or predictor.views_per_image >= 5 or not larger_than_crop(
             list(min_sides), int(spec["size"])):
