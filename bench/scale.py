@@ -79,7 +79,7 @@ def model_store(args: argparse.Namespace) -> tuple[str, str | None, str]:
     if args.model == "auto" and (local / "champion.json").exists():
         version = champion_version(Settings.from_env().store(str(local)))
         return str(local), version, f"champion {version} of artifacts/"
-    views = Settings().eval_crops  # the cached default-architecture model is per view count
+    views = Settings.from_env().eval_crops  # DFD_EVAL_CROPS; the cached default-architecture model is per count
     art = CACHE / ("model-tiny" if args.model == "tiny" else f"model-default-arch-x{views}")
     if args.model == "tiny":
         if not (art / "champion.json").exists():
@@ -88,20 +88,21 @@ def model_store(args: argparse.Namespace) -> tuple[str, str | None, str]:
             publish_tiny_model(art)
         return str(art), None, "tiny patchnet of tests/helpers.py (width 8, one 32 px crop)"
     if not (art / "champion.json").exists():
-        publish_default_arch(art)
+        publish_default_arch(art, views)
     return str(art), None, (f"untrained default-architecture patchnet (width 32, {views} crop(s) of 128 px): "
                             "the trained default's cost per image, meaningless scores")
 
 
-def publish_default_arch(art: Path) -> None:
-    """Publish an untrained model of the default architecture and input as the champion of ``art``."""
+def publish_default_arch(art: Path, views: int) -> None:
+    """Publish an untrained model of the default architecture, scoring ``views`` crops of images larger than a
+    crop, as the champion of ``art``."""
     from dfd.model import build_model, input_spec_for, save_model
     from dfd.registry import publish_run, set_champion
     from dfd.settings import Settings
     from dfd.storage import open_store
 
     s = Settings()
-    spec = input_spec_for(s.arch, s.max_crop_size, eval_crops=s.eval_crops)
+    spec = input_spec_for(s.arch, s.max_crop_size, eval_crops=views)
     model = build_model(s.arch, spec["size"], width=s.width, seed=0)
     version = "20260101-000000-defarch"
     meta = {"input_spec": spec, "threshold": 0.5, "class_names": ["real", "deepfake"], "arch": s.arch,
