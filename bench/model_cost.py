@@ -6,9 +6,10 @@
                                                         # (about 15 min per seed on 2 cores) and score its
                                                         # test split with 1, 3 and 5 views
 
-Prints, for each input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128 by default, and the centre crop
-alone as ``DFD_EVAL_CROPS=1`` scores them; ffpp_c23_frames: 128 px frames -> 1 crop; generated JPEGs when the
-shared sets are absent):
+Prints, for the default architecture (patchnet) and the previous default (patchnet-v1) side by side, for each
+input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128 by default, and the centre crop alone as
+``DFD_EVAL_CROPS=1`` scores them; ffpp_c23_frames: 128 px frames -> 1 crop; generated JPEGs when the shared
+sets are absent):
 
 * multiply-accumulates (MACs) per view and per image, counted layer by layer from the Keras graph;
 * images/s of the model alone (views already cut, one traced graph, batches of 64 views) and of
@@ -41,13 +42,18 @@ import numpy as np  # noqa: E402
 
 def count_macs(model: Any) -> int:
     """Multiply-accumulates of one forward pass of one view, from the layers' output shapes (convolutions,
-    depthwise and separable convolutions, dense layers; pooling, activations and concatenations are free)."""
+    depthwise and separable convolutions, the default's stem, dense layers; pooling, activations and
+    concatenations are free)."""
     from keras import layers
+
+    from dfd.model import HighpassStem
 
     total = 0
     for layer in model.layers:
         out = layer.output.shape
-        if isinstance(layer, layers.SeparableConv2D):
+        if isinstance(layer, HighpassStem):  # one 5x5 convolution on the pixels, as it runs
+            total += out[1] * out[2] * out[-1] * 5 * 5 * layer.input.shape[-1]
+        elif isinstance(layer, layers.SeparableConv2D):
             kh, kw = layer.kernel_size
             cin = layer.input.shape[-1]
             total += out[1] * out[2] * cin * layer.depth_multiplier * kh * kw  # depthwise
@@ -117,7 +123,7 @@ def timed(fn: Any, rounds: int = 3) -> float:
     return best
 
 
-def predictor_for(args: argparse.Namespace, crops: int) -> tuple[Any, str]:
+def predictor_for(args: argparse.Namespace, arch: str, crops: int) -> tuple[Any, str]:
     from dfd.predict import Predictor
 
     if args.store:
@@ -129,12 +135,16 @@ def predictor_for(args: argparse.Namespace, crops: int) -> tuple[Any, str]:
     from dfd.model import build_model
 
     spec = {"mode": "crop", "size": 128, "crops": crops}
-    return Predictor(build_model("patchnet", 128), {"input_spec": spec, "threshold": 0.5}), "untrained default"
+    return Predictor(build_model(arch, 128), {"input_spec": spec, "threshold": 0.5}), f"untrained {arch}"
 
 
-# (input kind, views per image, what the row is): lfw-size images with the default's five views and with one
-# (DFD_EVAL_CROPS=1), side by side in one run; ffpp frames are one crop either way.
-ROWS = (("lfw", 5, "default (5 views)"), ("lfw", 1, "DFD_EVAL_CROPS=1"), ("ffpp", 1, "default (frames: 1 crop)"))
+# (architecture, input kind, views per image, what the row is), side by side in one run: the default
+# (patchnet) against the previous default (patchnet-v1) on lfw-size images with five views, the default with one
+# view (DFD_EVAL_CROPS=1), and both on ffpp frames (one crop either way). With --store only the stored model's
+# rows are measured (its architecture is what it is).
+ROWS = (("patchnet-v1", "lfw", 5, "previous default, 5 views"), ("patchnet", "lfw", 5, "default, 5 views"),
+        ("patchnet", "lfw", 1, "DFD_EVAL_CROPS=1"), ("patchnet-v1", "ffpp", 1, "previous default, 1 crop"),
+        ("patchnet", "ffpp", 1, "default, 1 crop"))
 
 
 def cost_table(args: argparse.Namespace) -> None:
@@ -145,12 +155,13 @@ def cost_table(args: argparse.Namespace) -> None:
     print("| input | model | views/image | MMAC/view | MMAC/image | model alone img/s | achieved GMAC/s "
           "| of peak | score_pixels img/s | score_folder files/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    speed: dict[tuple[str, int], float] = {}
+    speed: dict[tuple[str, str, int], tuple[float, float]] = {}  # -> (model alone img/s, files/s)
+    rows = [r for r in ROWS if not args.store or r[0] == "patchnet"]
     with tempfile.TemporaryDirectory(prefix="dfd-model-cost-") as tmp:
         loaded = {kind: inputs(kind, args.images, Path(tmp) / kind) for kind in ("lfw", "ffpp")}
-        for kind, crops, label in ROWS:
+        for arch, kind, crops, label in rows:
             images, folder, what = loaded[kind]
-            pred, name = predictor_for(args, crops)
+            pred, name = predictor_for(args, arch, crops)
             macs = count_macs(pred.model)
             views = np.concatenate([pred.views(p) for p in images]).astype(np.float32)
 
@@ -161,13 +172,17 @@ def cost_table(args: argparse.Namespace) -> None:
             per_image = macs * pred.views_per_image
             ips = len(images) / t_model
             gmacs = per_image * ips / 1e9
-            speed[(kind, crops)] = folder_rate
+            speed[(arch, kind, crops)] = ips, folder_rate
             print(f"| {what} | {name}, {label} | {pred.views_per_image} | {macs / 1e6:.1f} | "
                   f"{per_image / 1e6:.1f} | {ips:.1f} | {gmacs:.1f} | {gmacs / peak:.1%} | "
                   f"{len(images) / t_full:.1f} | {folder_rate:.1f} |")
-    print(f"\nlfw-size images, score_folder (read, hash, decode, views, model, ledger, results): 1 view "
-          f"{speed[('lfw', 1)]:.1f} files/s against 5 views {speed[('lfw', 5)]:.1f}: "
-          f"x{speed[('lfw', 1)] / speed[('lfw', 5)]:.2f}")
+    if args.store:
+        return
+    old, new, one = speed[("patchnet-v1", "lfw", 5)], speed[("patchnet", "lfw", 5)], speed[("patchnet", "lfw", 1)]
+    print(f"\nlfw-size images, 5 views, default against previous default: model alone x{new[0] / old[0]:.2f}, "
+          f"score_folder (read, hash, decode, views, model, ledger, results) x{new[1] / old[1]:.2f} "
+          f"({new[1]:.1f} against {old[1]:.1f} files/s); the default with 1 view: x{one[1] / old[1]:.2f} "
+          f"({one[1]:.1f} files/s)")
 
 
 def crops_auc(seeds: list[int]) -> None:

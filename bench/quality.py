@@ -61,6 +61,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("the retrain flow's defaults", {}),
     "one-view": ("default, scoring the centre crop only (DFD_EVAL_CROPS=1): a fifth of the model's work on "
                  "images larger than a crop", {"eval_crops": 1}),
+    "patchnet-v1": ("the previous default architecture (until 2026-12-02): an extra full-resolution "
+                    "convolution, separables at 1/2 to 1/8 resolution, about 4x the MACs per view",
+                    {"arch": "patchnet-v1"}),
     "seed-cnn": ("the seed's baseline architecture", {"arch": "seed-cnn"}),
     "efficientnet-b0": ("EfficientNet-B0 from random weights on the same crops (no download)",
                         {"arch": "efficientnet-b0"}),

@@ -28,6 +28,7 @@ test suite's tiny model. The table says which.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -80,7 +81,9 @@ def model_store(args: argparse.Namespace) -> tuple[str, str | None, str]:
         version = champion_version(Settings.from_env().store(str(local)))
         return str(local), version, f"champion {version} of artifacts/"
     views = Settings.from_env().eval_crops  # DFD_EVAL_CROPS; the cached default-architecture model is per count
-    art = CACHE / ("model-tiny" if args.model == "tiny" else f"model-default-arch-x{views}")
+    # ... and per version of the builders' code, so a cache made before an architecture change is not reused
+    code = hashlib.sha256((ROOT / "dfd" / "model.py").read_bytes()).hexdigest()[:8]
+    art = CACHE / ("model-tiny" if args.model == "tiny" else f"model-default-arch-x{views}-{code}")
     if args.model == "tiny":
         if not (art / "champion.json").exists():
             from helpers import publish_tiny_model

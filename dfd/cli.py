@@ -74,7 +74,7 @@ def retrain_parser() -> argparse.ArgumentParser:
                    help=f"labelled data root with real/ and df/ inside {_default('data_url')}")
     p.add_argument("--artifacts", dest="artifacts_url", metavar="DIR|s3://...",
                    help=f"artifact store: runs, champion pointer {_default('artifacts_url')}")
-    p.add_argument("--arch", choices=["patchnet", "seed-cnn", "efficientnet-b0"],
+    p.add_argument("--arch", choices=["patchnet", "patchnet-v1", "seed-cnn", "efficientnet-b0"],
                    help=f"model architecture {_default('arch')}")
     p.add_argument("--epochs", type=int, metavar="N",
                    help=f"most training epochs; early stopping may end sooner {_default('epochs')}")

@@ -19,14 +19,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 from dfd.layout import METADATA_FILE, MODEL_FILE  # noqa: E402 - the saved model's files, importable from here too
 from dfd.preprocess import InputSpec, choose_crop_size, larger_than_crop, make_spec  # noqa: E402
 
 CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake)
 
-ARCHITECTURES = ("patchnet", "seed-cnn", "efficientnet-b0")
+ARCHITECTURES = ("patchnet", "patchnet-v1", "seed-cnn", "efficientnet-b0")
 
 
 def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5, face_crop: bool = False) -> InputSpec:
@@ -70,7 +70,9 @@ def build_model(
         x = layers.Dense(64, activation="relu")(x)
         x = layers.Dropout(0.5)(x)
     elif arch == "patchnet":
-        x = _patchnet_body(inputs, width, dropout)
+        x = _patchnet_body(inputs, width, dropout, pool_early=input_size >= 64)
+    elif arch == "patchnet-v1":
+        x = _patchnet_v1_body(inputs, width, dropout)
     elif arch == "efficientnet-b0":
         x = _efficientnet_body(inputs, dropout, weights_path)
     else:
@@ -86,8 +88,93 @@ def build_model(
     return model
 
 
-def _patchnet_body(inputs: Any, width: int, dropout: float) -> Any:
-    """A small fully convolutional network for native-resolution crops.
+@keras.saving.register_keras_serializable(package="dfd")
+class HighpassStem(layers.Layer):
+    """The detector's front end: pixels (0..255) -> ReLU(conv3x3/2(concat[x, highpass(x)])), x = pixels/127.5 - 1.
+
+    The parameters are those of the two-layer form (a per-channel 3x3 high-pass kernel, started as a Laplacian
+    and trainable, whose residual exposes resampling and blending traces, and a 3x3 stride-2 convolution over
+    pixels and residual), so training sees the same inductive bias. The forward pass composes them into one
+    5x5 stride-2 convolution on the raw pixels: the scaling, the residual and the 6-channel stack are never
+    materialised at full resolution, which is where the two-layer form spent most of its time on CPU
+    (bench/model_cost.py). Only the border pixels differ from the two-layer form (padding is applied once).
+    """
+
+    def __init__(self, filters: int, strides: int = 2, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.filters, self.strides = filters, strides
+
+    def build(self, input_shape: Any) -> None:
+        channels = int(input_shape[-1])
+        laplacian = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype="float32")
+        self.highpass = self.add_weight(
+            name="highpass", shape=(3, 3, channels),
+            initializer=keras.initializers.Constant(np.repeat(laplacian[:, :, None], channels, axis=2)))
+        self.pixel_kernel = self.add_weight(name="pixel_kernel", shape=(3, 3, channels, self.filters),
+                                            initializer="glorot_uniform")
+        self.residual_kernel = self.add_weight(name="residual_kernel", shape=(3, 3, channels, self.filters),
+                                               initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def kernel(self) -> Any:
+        """The composed 5x5 kernel on scaled pixels: the pixel kernel, plus the residual kernel convolved
+        with the high-pass kernel (cross-correlations compose by summing offsets)."""
+        k = ops.pad(self.pixel_kernel, [[1, 1], [1, 1], [0, 0], [0, 0]])
+        for a in range(3):
+            for b in range(3):
+                shifted = self.highpass[a, b][None, None, :, None] * self.residual_kernel
+                k = k + ops.pad(shifted, [[a, 2 - a], [b, 2 - b], [0, 0], [0, 0]])
+        return k
+
+    def call(self, pixels: Any) -> Any:
+        k = self.kernel()
+        # conv(pixels / 127.5 - 1, k) = conv(pixels, k / 127.5) - sum(k), folded so no scaled copy is made
+        y = ops.conv(ops.cast(pixels, "float32"), k / 127.5, strides=self.strides, padding="same")
+        return ops.relu(y + (self.bias - ops.sum(k, axis=(0, 1, 2))))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        def out(n: Any) -> Any:
+            return None if n is None else -(-n // self.strides)
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
+def _patchnet_body(inputs: Any, width: int, dropout: float, pool_early: bool = True) -> Any:
+    """A small fully convolutional network for native-resolution crops, built to be cheap on CPU.
+
+    :class:`HighpassStem` looks at pixels and their high-pass residual at half resolution; with ``pool_early``
+    (crops of 64 px and more) max pooling then keeps the strongest local responses, and three separable
+    convolutions (each followed by pooling but the last) work at 1/4, 1/8 and 1/16 resolution, where they cost
+    little. Smaller crops skip that pooling, so the last feature map keeps at least 4 x 4 positions. Global
+    average *and* max pooling make it indifferent to where a trace sits while letting one strong local trace
+    count. Against ``patchnet-v1`` (the previous default: an extra full-resolution convolution, separables at
+    1/2 to 1/8) it does about a quarter of the MACs per 128 px view; speed and quality side by side in
+    docs/SCALING.md and docs/QUALITY.md.
+
+    The separable convolutions start variance-preserving: Keras's default (Glorot) counts a depthwise kernel's
+    channels as its fan-in, so each depthwise layer shrank the signal by about the channel count, and at the
+    start the pooled features were ~3e-4 and the logits varied by ~1e-4 across lfw images: training sat at
+    ln 2 for epochs (stalled starts, restarted by the stall guard). A 3x3 depthwise kernel with std 1/3 keeps
+    the variance and the pointwise kernel uses He initialisation (it feeds a ReLU).
+    """
+    x = HighpassStem(width, name="stem")(inputs)
+    if pool_early:
+        x = layers.MaxPooling2D()(x)
+    for mult in (2, 4, 8):
+        x = layers.SeparableConv2D(width * mult, 3, padding="same", activation="relu",
+                                   depthwise_initializer=keras.initializers.RandomNormal(stddev=1 / 3),
+                                   pointwise_initializer=keras.initializers.HeNormal())(x)
+        if mult != 8:
+            x = layers.MaxPooling2D()(x)
+    x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    x = layers.Dropout(dropout)(x)
+    return x
+
+
+def _patchnet_v1_body(inputs: Any, width: int, dropout: float) -> Any:
+    """The previous default (``patchnet-v1``): a small fully convolutional network for native-resolution crops.
 
     A depthwise 3x3 layer initialised as a Laplacian high-pass filter (and trainable) exposes the noise
     residual, where resampling and blending traces live; its output is stacked with the pixels. Two full- and

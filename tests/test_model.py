@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import train_tiny_model
+from helpers import make_dataset, train_tiny_model
 
+from dfd.imageio import decode_image
 from dfd.model import build_model, input_spec_for, input_spec_for_data, load_model, save_model
 from dfd.predict import Predictor
 from dfd.preprocess import choose_crop_size, eval_views, make_spec, train_view
@@ -21,12 +22,56 @@ def test_seed_cnn_matches_the_seed_baseline():
 
 
 def test_patchnet_is_fully_convolutional_over_any_crop_size():
-    for size in (32, 96):
-        model = build_model("patchnet", size, width=8)
-        out = model(np.zeros((2, size, size, 3), np.float32))
-        assert out.shape == (2, 1)
+    for arch in ("patchnet", "patchnet-v1"):
+        for size in (32, 96):
+            model = build_model(arch, size, width=8)
+            out = model(np.zeros((2, size, size, 3), np.float32))
+            assert out.shape == (2, 1)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("nope", 32)
+
+
+def test_stem_is_the_two_layer_highpass_front_end_as_one_convolution():
+    """The stem's one 5x5 convolution on raw pixels computes what its parameters describe: a Laplacian-started
+    high-pass residual stacked with the scaled pixels, then a 3x3 stride-2 convolution (interior positions;
+    the border differs only by where the zero padding applies)."""
+    import tensorflow as tf
+
+    stem = build_model("patchnet", 32, width=8, seed=3).get_layer("stem")
+    assert np.array_equal(stem.highpass.numpy()[:, :, 0], [[0, -1, 0], [-1, 4, -1], [0, -1, 0]])
+    rng = np.random.default_rng(0)
+    stem.highpass.assign(rng.normal(size=stem.highpass.shape).astype("float32"))  # any trained kernel, not
+    stem.bias.assign(rng.normal(size=stem.bias.shape).astype("float32"))  # only the symmetric start
+    pixels = rng.integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    x = pixels / 127.5 - 1
+    residual = tf.nn.depthwise_conv2d(x, stem.highpass.numpy()[..., None], [1, 1, 1, 1], "SAME")
+    kernel = np.concatenate([stem.pixel_kernel.numpy(), stem.residual_kernel.numpy()], axis=2)
+    two_layer = tf.nn.relu(tf.nn.conv2d(tf.concat([x, residual], -1), kernel, 2, "SAME") + stem.bias).numpy()
+    one_conv = stem(pixels).numpy()
+    assert one_conv.shape == (2, 16, 16, 8)
+    np.testing.assert_allclose(one_conv[:, 1:-2, 1:-2], two_layer[:, 1:-2, 1:-2], atol=1e-4)
+    assert (two_layer[:, 1:-2, 1:-2] > 0).mean() > 0.2  # the comparison covers active units, not only zeros
+
+
+def test_patchnet_starts_with_logits_that_vary_across_images(tmp_path):
+    """A fresh patchnet's output already differs between images (no vanishing start that pins the loss at
+    ln 2 for epochs): its separable convolutions are initialised to keep the signal's variance. With Keras's
+    default initialisation the logits varied by ~1e-4 across lfw crops (see ``_patchnet_body``)."""
+    images = np.stack([decode_image(p.read_bytes()).pixels[:64, :64]
+                       for p in sorted(make_dataset(tmp_path, per_class=8, size=64).rglob("*.png"))])
+    for seed in (0, 1, 2):
+        p = build_model("patchnet", 64, seed=seed).predict(images.astype(np.float32), verbose=0).ravel()
+        logits = np.log(p / (1 - p))
+        assert logits.std() > 0.01, (seed, logits.std())
+
+
+def test_patchnet_pools_early_only_where_the_last_map_keeps_4x4_positions():
+    def last_map(size: int) -> tuple:
+        return [la for la in build_model("patchnet", size, width=8).layers
+                if la.__class__.__name__ == "SeparableConv2D"][-1].output.shape[1:3]
+
+    assert last_map(128) == (8, 8) and last_map(64) == (4, 4)
+    assert last_map(32) == (4, 4)  # no early pooling: cifake-size crops keep their positions
 
 
 def test_views_are_native_resolution_crops():

@@ -126,8 +126,10 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
     metrics = store.read_json(f"runs/{dud['version']}/metrics.json")
     assert metrics["quality_floor"]["passed"] is False and metrics["training"]["no_signal"] is True
     assert metrics["quality_floor"]["splits"]["test"]["low"] <= 0.55
-    views = metrics["views"]  # a constant model: no view count is better, so no advice
-    assert views["scored"] == 1 and set(views["validation_auc"]) == {"1", "5"} and views["advice"] == ""
+    views = metrics["views"]  # both view counts are scored; advice exactly when five views gain the margin
+    assert views["scored"] == 1 and set(views["validation_auc"]) == {"1", "5"}
+    gain = views["validation_auc"]["5"] - views["validation_auc"]["1"]
+    assert (views["advice"] != "") == (gain >= views["margin"]), views
     assert store.read_json(f"runs/{dud['version']}/metadata.json")["input_spec"]["crops"] == 1
     assert len(webhook) == 1 and "no better than chance" in webhook[0]["text"]
     closing = io.StringIO()
