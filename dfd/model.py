@@ -97,7 +97,7 @@ class HighpassStem(layers.Layer):
     pixels and residual), so training sees the same inductive bias. The forward pass composes them into one
     5x5 stride-2 convolution on the raw pixels: the scaling, the residual and the 6-channel stack are never
     materialised at full resolution, which is where the two-layer form spent most of its time on CPU
-    (bench/model_cost.py). Only the border pixels differ from the two-layer form (padding is applied once).
+    (docs/SCALING.md). Only the border pixels differ from the two-layer form (padding is applied once).
     """
 
     def __init__(self, filters: int, strides: int = 2, **kwargs: Any):

@@ -87,8 +87,8 @@ class Settings:
     max_crop_size: int = 128
     # Views averaged at scoring when images are clearly larger than a crop (centre, then corners; 1, 5 or 9).
     # Measured (docs/QUALITY.md, lfw_faceswap_2k, 3 seeds, the same trained models): 1 view scores clean test AUC
-    # 0.9869 against 0.9882 and runs 3-4x faster end to end, but loses 0.037 AUC after JPEG q50 (0.9238 against
-    # 0.9603, every seed) and calibrates worse; so five stay the default and 1 is the documented fast mode.
+    # 0.9938 against 0.9919 and runs 2-2.6x faster end to end, but loses 0.014 AUC after JPEG q50 (0.9629 against
+    # 0.9764, every seed) and doubles the ECE; so five stay the default and 1 is the documented fast mode.
     eval_crops: int = 5
     # Measured (docs/QUALITY.md, 3 seeds): with the plateau schedule, 40 epochs let lfw_faceswap_2k learn both
     # scales (x0.5 drop 0.160 -> 0.099) and lift cifake_2k (0.965 -> 0.969; 0.972 with scale_aug 0.5); early

@@ -109,8 +109,8 @@ def test_retrain_refuses_a_dud_then_promotes_then_rejects_a_worse_model_then_ski
                   synthetic_url=str(workspace["synthetic"]), min_images_per_class=5, batch_size=8)
     store = open_store(workspace["artifacts"])
 
-    # A model that outputs a constant (a learning rate of 10 collapses it in one epoch; no second try) is
-    # refused by the quality floor although there is no champion to beat.
+    # A model blown up by a learning rate of 10 (saturated, near-constant scores; no second try) is refused by
+    # the quality floor although there is no champion to beat.
     # It scores one 24 px crop of 32 px images (DFD_EVAL_CROPS=1), so evaluation also compares five views.
     monkeypatch.setenv("DFD_MAX_TRAIN_ATTEMPTS", "1")
     monkeypatch.setenv("DFD_MAX_CROP_SIZE", "24")
