@@ -12,12 +12,15 @@ input kind (lfw_faceswap_2k: 250 px images -> 5 crops of 128 by default, and the
 sets are absent):
 
 * multiply-accumulates (MACs) per view and per image, counted layer by layer from the Keras graph;
-* images/s of the model alone (views already cut, one traced graph, batches of 64 views) and of
+* images/s of the model alone (uint8 views already cut, one traced graph, batches of 64 views) and of
   ``Predictor.score_pixels`` (views cut from decoded pixels, as the scorer and the viewer do);
 * files/s of :func:`dfd.scoring.score_folder` on a folder of those files (read, hash, decode, views, model,
-  ledger and results files: what a batch run does), the best of 3 runs on a fresh results store each;
+  ledger and results files: what a batch run does), on a fresh results store each time;
 * the achieved GMAC/s of the model alone, against the machine's peak measured in the same run: a
   4096 x 4096 float32 matmul through TensorFlow (all cores), the best of 3.
+
+Each speed is the best of ``--rounds`` (3) rounds, and the models take turns within a round (interleaved), so
+that the ratios between them are not the load drift between two back-to-back measurements.
 
 With ``--crops-auc`` it also prints the test AUC of one trained default model when scoring averages the first
 1, 3 or 5 of its views (centre, then corners), clean and after a x0.5 down-scale: whether the views earn
@@ -112,14 +115,18 @@ def inputs(kind: str, n: int, dest: Path) -> tuple[list[np.ndarray], Path, str]:
     return images, dest, f"{n} generated {side}x{side} JPEGs"
 
 
-def timed(fn: Any, rounds: int = 3) -> float:
-    """The best wall time of ``rounds`` calls, after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
+def interleaved(fns: dict[Any, Any], rounds: int) -> dict[Any, float]:
+    """The best wall time of each of ``fns`` over ``rounds`` rounds, each round calling every one in turn (after
+    one warm-up call each): on a shared machine the load drifts, and interleaving lets every model meet the same
+    drift, so their ratio is fairer than that of back-to-back runs."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - started)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - started)
     return best
 
 
@@ -159,23 +166,30 @@ def cost_table(args: argparse.Namespace) -> None:
     rows = [r for r in ROWS if not args.store or r[0] == "patchnet"]
     with tempfile.TemporaryDirectory(prefix="dfd-model-cost-") as tmp:
         loaded = {kind: inputs(kind, args.images, Path(tmp) / kind) for kind in ("lfw", "ffpp")}
-        for arch, kind, crops, label in rows:
-            images, folder, what = loaded[kind]
-            pred, name = predictor_for(args, arch, crops)
+        preds = {row: predictor_for(args, row[0], row[2]) for row in rows}
+        views = {row: np.concatenate([preds[row][0].views(p) for p in loaded[row[1]][0]]) for row in rows}  # uint8,
+        # as the scorer passes them
+        t_model = interleaved({row: lambda pred=preds[row][0], v=views[row]: [pred._forward(v[i : i + 64])
+                                                                           for i in range(0, len(v), 64)]
+                               for row in rows}, args.rounds)
+        t_full = interleaved({row: lambda pred=preds[row][0], images=loaded[row[1]][0]:
+                              pred.score_pixels(images, batch_size=64) for row in rows}, args.rounds)
+        folder_rate = dict.fromkeys(rows, 0.0)  # best of the rounds, a fresh results store each
+        for _ in range(args.rounds):
+            for row in rows:
+                pred, name = preds[row]
+                folder_rate[row] = max(folder_rate[row], run_core(loaded[row[1]][1], pred, name, 64))
+        for row in rows:
+            arch, kind, crops, label = row
+            (pred, name), (images, _folder, what) = preds[row], loaded[kind]
             macs = count_macs(pred.model)
-            views = np.concatenate([pred.views(p) for p in images]).astype(np.float32)
-
-            t_model = timed(lambda pred=pred, views=views: [pred._forward(views[i : i + 64])
-                                                            for i in range(0, len(views), 64)])
-            t_full = timed(lambda pred=pred, images=images: pred.score_pixels(images, batch_size=64))
-            folder_rate = max(run_core(folder, pred, name, 64) for _ in range(3))  # best of 3, fresh store each
             per_image = macs * pred.views_per_image
-            ips = len(images) / t_model
+            ips = len(images) / t_model[row]
             gmacs = per_image * ips / 1e9
-            speed[(arch, kind, crops)] = ips, folder_rate
+            speed[(arch, kind, crops)] = ips, folder_rate[row]
             print(f"| {what} | {name}, {label} | {pred.views_per_image} | {macs / 1e6:.1f} | "
                   f"{per_image / 1e6:.1f} | {ips:.1f} | {gmacs:.1f} | {gmacs / peak:.1%} | "
-                  f"{len(images) / t_full:.1f} | {folder_rate:.1f} |")
+                  f"{len(images) / t_full[row]:.1f} | {folder_rate[row]:.1f} |")
     if args.store:
         return
     old, new, one = speed[("patchnet-v1", "lfw", 5)], speed[("patchnet", "lfw", 5)], speed[("patchnet", "lfw", 1)]
@@ -231,6 +245,7 @@ def main() -> int:
     ap.add_argument("--store", default="", help="artifact store URL of a published model (default: untrained)")
     ap.add_argument("--model-version", default=None, help="version in --store (default: its champion)")
     ap.add_argument("--images", type=int, default=200, help="images per input kind (default: 200)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement, best kept (default: 3)")
     ap.add_argument("--crops-auc", action="store_true", help="also train on lfw and compare 1, 3, 5 views")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds for --crops-auc")
     ap.add_argument("--no-cost", action="store_true", help="skip the cost table")

@@ -65,12 +65,16 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def eval_views(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Fixed views of one image for scoring: an array of shape (K, S, S, 3), uint8."""
+def eval_views(pixels: np.ndarray, spec: InputSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Fixed views of one image for scoring: an array of shape (K, S, S, 3), uint8.
+
+    With ``out`` (a uint8 array of that shape) the views are written into it and it is returned: the batch
+    scorer cuts them straight into its batch buffer. ``ValueError`` when ``out`` has another shape.
+    """
     size = int(spec["size"])
     pixels = _region(pixels, spec)
     if spec["mode"] == "resize":
-        return _resize(pixels, size)[None]
+        return np.stack([_resize(pixels, size)], out=out)
     pixels = _pad_to(pixels, size)
     h, w = pixels.shape[:2]
     ys = [(h - size) // 2]
@@ -81,7 +85,7 @@ def eval_views(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
         offsets += [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
     if k >= 9:
         offsets += [(0, xs[0]), (h - size, xs[0]), (ys[0], 0), (ys[0], w - size)]
-    return np.stack([pixels[y : y + size, x : x + size] for y, x in offsets])
+    return np.stack([pixels[y : y + size, x : x + size] for y, x in offsets], out=out)
 
 
 def train_view(pixels: np.ndarray, spec: InputSpec, rng: np.random.Generator) -> np.ndarray:

@@ -81,6 +81,11 @@ def test_views_are_native_resolution_crops():
     assert np.array_equal(views[1], img[:32, :32])  # top-left corner, untouched pixels
     small = eval_views(np.zeros((20, 10, 3), np.uint8), make_spec("crop", 32, 1))
     assert small.shape == (1, 32, 32, 3)  # mirrored, not resized
+    for spec in (make_spec("crop", 32, 5), make_spec("resize", 24)):  # cut straight into a buffer, as the scorer does
+        out = np.zeros((int(spec["crops"]), int(spec["size"]), int(spec["size"]), 3), np.uint8)
+        assert eval_views(img, spec, out=out) is out and np.array_equal(out, eval_views(img, spec))
+    with pytest.raises(ValueError):  # a buffer of another shape is refused, not half-filled
+        eval_views(img, make_spec("crop", 32, 5), out=np.zeros((1, 32, 32, 3), np.uint8))
     view = train_view(img, make_spec("crop", 32, 5), np.random.default_rng(0))
     assert view.shape == (32, 32, 3)
     assert choose_crop_size([250] * 10, 128) == 128 and choose_crop_size([32] * 10, 128) == 32
@@ -118,6 +123,19 @@ def test_saved_model_reloads_with_identical_scores(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "nothing")
 
+
+@pytest.mark.parametrize("arch", ["patchnet", "patchnet-v1", "seed-cnn"])
+def test_uint8_views_score_exactly_as_float32_views(arch):
+    """The scorer feeds uint8 views into the graph (the cast is the graph's first op): same output, bit for bit."""
+    size = 64
+    model = build_model(arch, size, seed=3)
+    pred = Predictor(model, {"input_spec": make_spec("crop", size, 1), "threshold": 0.5})
+    views = np.random.default_rng(4).integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+    as_uint8 = pred._forward(views)
+    assert np.array_equal(as_uint8, pred._forward(views.astype(np.float32)))
+    np.testing.assert_allclose(as_uint8, model.predict(views.astype(np.float32), verbose=0).reshape(-1), rtol=1e-6)
+    assert np.unique(as_uint8).size > 1  # a real output, not a constant
+    assert {dtype.name for dtype in pred._compiled} == {"uint8", "float32"}  # one traced graph per input dtype
 
 def test_temperature_changes_confidence_not_order():
     model, metadata = train_tiny_model(epochs=1)

@@ -178,10 +178,10 @@ class CountingPredictor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._predictor, name)
 
-    def views(self, pixels: Any) -> Any:
+    def views(self, pixels: Any, out: Any = None) -> Any:
         with self._lock:  # called from tf.data's worker threads
             self.decoded += 1
-        return self._predictor.views(pixels)
+        return self._predictor.views(pixels, out=out)
 
 
 def score_soak(inbox: Path, artifacts: Path, predictor: Any, version: str, runs: int = 50,

@@ -73,10 +73,10 @@ class Reader:
             return replace(read, status=Status.CACHED)
         try:
             decoded = decode_image(data, self.predictor.max_pixels)
-            views = self.predictor.views(decoded.pixels)
-            if views.shape != self.view_shape:
-                raise ImageError("unreadable image", f"unexpected view shape {views.shape}")
-            views_out[...] = views
+            try:  # straight into the batch buffer: no copy of the views per file
+                self.predictor.views(decoded.pixels, out=views_out)
+            except ValueError as exc:  # np.stack refuses views of another shape than the model's
+                raise ImageError("unreadable image", f"unexpected view shape: {short(exc, 100)}") from None
             return replace(read, width=decoded.width or None, height=decoded.height or None)
         except ImageError as exc:
             w, h = image_size(data) or (0, 0)
