@@ -19,8 +19,9 @@ sets are absent):
 * the achieved GMAC/s of the model alone, against the machine's peak measured in the same run: a
   4096 x 4096 float32 matmul through TensorFlow (all cores), the best of 3.
 
-Each speed is the best of ``--rounds`` (3) rounds, and the models take turns within a round (interleaved), so
-that the ratios between them are not the load drift between two back-to-back measurements.
+Each speed is the best of ``--rounds`` (3) rounds after one warm-up call, and the models take turns within a
+round (interleaved), so that the ratios between them are not the load drift between two back-to-back
+measurements.
 
 With ``--crops-auc`` it also prints the test AUC of one trained default model when scoring averages the first
 1, 3 or 5 of its views (centre, then corners), clean and after a x0.5 down-scale: whether the views earn
@@ -175,6 +176,8 @@ def cost_table(args: argparse.Namespace) -> None:
         t_full = interleaved({row: lambda pred=preds[row][0], images=loaded[row[1]][0]:
                               pred.score_pixels(images, batch_size=64) for row in rows}, args.rounds)
         folder_rate = dict.fromkeys(rows, 0.0)  # best of the rounds, a fresh results store each
+        for row in rows:  # warm-up, as for the other measurements
+            run_core(loaded[row[1]][1], preds[row][0], preds[row][1], 64)
         for _ in range(args.rounds):
             for row in rows:
                 pred, name = preds[row]

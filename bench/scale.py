@@ -139,7 +139,7 @@ def model_cost(art: str, version: str | None, folder: Path, batch_size: int) -> 
 
     predictor, _ = load_predictor(Settings.from_env().store(art), version, str(CACHE / "models"))
     files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))[:batch_size]  # not .source
-    views = np.concatenate([predictor.views(decode_image(p.read_bytes()).pixels) for p in files]).astype("float32")
+    views = np.concatenate([predictor.views(decode_image(p.read_bytes()).pixels) for p in files])  # uint8, as scored
     predictor.score_views(views)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < 10 or done < 4 * len(files):
@@ -159,7 +159,7 @@ def warm_workers(client, art: str, version: str) -> None:
 
         predictor = worker_predictor(Settings.from_env(), art, version)
         size = int(predictor.spec["size"])
-        predictor.score_views(np.zeros((predictor.views_per_image, size, size, 3), np.float32))
+        predictor.score_views(np.zeros((predictor.views_per_image, size, size, 3), np.uint8))  # the scorer's dtype
         return os.getpid()
 
     client.run(warm, art, version)
