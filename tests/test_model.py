@@ -137,6 +137,7 @@ def test_uint8_views_score_exactly_as_float32_views(arch):
     assert np.unique(as_uint8).size > 1  # a real output, not a constant
     assert {dtype.name for dtype in pred._compiled} == {"uint8", "float32"}  # one traced graph per input dtype
 
+
 def test_temperature_changes_confidence_not_order():
     model, metadata = train_tiny_model(epochs=1)
     rng = np.random.default_rng(2)

@@ -73,10 +73,9 @@ class Reader:
             return replace(read, status=Status.CACHED)
         try:
             decoded = decode_image(data, self.predictor.max_pixels)
-            try:  # straight into the batch buffer: no copy of the views per file
-                self.predictor.views(decoded.pixels, out=views_out)
-            except ValueError as exc:  # np.stack refuses views of another shape than the model's
-                raise ImageError("unreadable image", f"unexpected view shape: {short(exc, 100)}") from None
+            # straight into the batch buffer (no copy per file); views of another shape than the model's are
+            # refused by np.stack (ValueError, an "unreadable image" row below), never half-written
+            self.predictor.views(decoded.pixels, out=views_out)
             return replace(read, width=decoded.width or None, height=decoded.height or None)
         except ImageError as exc:
             w, h = image_size(data) or (0, 0)
