@@ -28,6 +28,9 @@ CLASS_NAMES = ["real", "deepfake"]  # index = model output's meaning: P(deepfake
 
 ARCHITECTURES = ("patchnet", "patchnet-v1", "seed-cnn", "efficientnet-b0")
 
+# The 3x3 Laplacian both patchnets start their trainable high-pass kernel from (per colour channel).
+LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype="float32")
+
 
 def input_spec_for(arch: str, crop_size: int, eval_crops: int = 5, face_crop: bool = False) -> InputSpec:
     """How images are cut for ``arch``: seed-cnn resizes to 64 x 64; the others use native-resolution crops.
@@ -106,10 +109,9 @@ class HighpassStem(layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         channels = int(input_shape[-1])
-        laplacian = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype="float32")
         self.highpass = self.add_weight(
             name="highpass", shape=(3, 3, channels),
-            initializer=keras.initializers.Constant(np.repeat(laplacian[:, :, None], channels, axis=2)))
+            initializer=keras.initializers.Constant(np.repeat(LAPLACIAN[:, :, None], channels, axis=2)))
         self.pixel_kernel = self.add_weight(name="pixel_kernel", shape=(3, 3, channels, self.filters),
                                             initializer="glorot_uniform")
         self.residual_kernel = self.add_weight(name="residual_kernel", shape=(3, 3, channels, self.filters),
@@ -215,9 +217,8 @@ def _init_highpass(model: keras.Model) -> None:
         layer = model.get_layer("highpass")
     except ValueError:
         return
-    laplacian = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype="float32")
     kernel = np.zeros(layer.get_weights()[0].shape, dtype="float32")
-    kernel[:, :, :, 0] = laplacian[:, :, None]
+    kernel[:, :, :, 0] = LAPLACIAN[:, :, None]
     layer.set_weights([kernel])
 
 

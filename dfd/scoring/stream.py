@@ -92,9 +92,10 @@ def stream_scores(
     size = view_shape[1]
     for arrays in ds.as_numpy_iterator():
         views, ok = arrays[1], arrays[2] == Status.OK
-        scores = np.full(len(ok), np.nan)
         if ok.all():  # the common case: the uint8 views as they came, no copy (see Predictor._forward)
             scores = predictor.score_views(views.reshape(-1, size, size, 3))
-        elif ok.any():
-            scores[ok] = predictor.score_views(views[ok].reshape(-1, size, size, 3))
+        else:
+            scores = np.full(len(ok), np.nan)
+            if ok.any():
+                scores[ok] = predictor.score_views(views[ok].reshape(-1, size, size, 3))
         yield _unpack(arrays, scores)
