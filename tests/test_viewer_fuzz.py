@@ -18,6 +18,7 @@ import http.client
 import io
 import json
 import os
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -48,6 +49,21 @@ settings.register_profile(
     print_blob=True,
 )
 FUZZ = settings.get_profile("viewer-fuzz")
+
+# Hypothesis warns "Do not use the `random` module inside strategies" whenever the global random state moved
+# while it drew an example. These strategies never touch it (they are plain data, sampled_from and text), but
+# other threads of this pytest process legitimately do, at moments no test controls: distributed's IO loop
+# (left from the Dask tests), s3transfer's pools, Keras seeding initialisers as a model loads in a server
+# thread, Prefect's jittered reconnects to the session's API. Under load one of them once landed inside a draw
+# and failed CI (FlakyStrategyDefinition on replay). The check cannot tell those threads from a strategy, so it
+# is switched off for this module only, with the "overly large repr" hint that building its message (the repr
+# of a strategy holding whole images) raises first; test_a_thread_moving_the_global_random_state_breaks_no_
+# fuzz_test below proves that such a thread no longer matters.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning"),
+]
 
 # Markup that must never come back unescaped in an HTML page (the tag name is unique to this test).
 XSS = ['<fuzzq>', '"><fuzzq x="', "'><fuzzq x='", '<svg/onload=fuzzq>', '</title><fuzzq>', '" onload="fuzzq',
@@ -469,3 +485,43 @@ def test_the_fuzz_oracles_can_fail(viewer):
     page = send(viewer, b"GET", b"/batches/" + quote("<fuzzq>").encode())
     assert page.status == 404 and b"&lt;fuzzq&gt;" in page.body
     check(page, "unknown batch")
+
+
+def test_a_thread_moving_the_global_random_state_breaks_no_fuzz_test():
+    """Every draw of two of this module's strategies (paths, and uploads, whose repr is huge) waits mid-draw
+    for another thread to call ``random.random()``, as distributed's IO loop or a Keras load in a server thread
+    may at any moment: the examples are still generated and replayed, without a warning turned error or a
+    FlakyStrategyDefinition (the CI failure of stop 22). Without either of this module's ``pytestmark``
+    filters the first example fails."""
+    asked, moved, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def mover() -> None:
+        while not stop.is_set():
+            if asked.wait(0.1):
+                asked.clear()
+                random.random()
+                moved.set()
+
+    def another_thread_moves_random() -> int:
+        asked.set()
+        assert moved.wait(120), "waited 120 s for the other thread to call random.random()"
+        moved.clear()
+        return 0
+
+    drawn: list[bytes] = []
+
+    @settings(FUZZ, max_examples=20)
+    @given(target=st.builds(lambda t, _: t, paths, st.builds(another_thread_moves_random)),
+           request=st.builds(lambda r, _: r, upload_requests, st.builds(another_thread_moves_random)))
+    def draw(target: bytes, request: tuple[bytes, bytes, bool]) -> None:
+        drawn.append(target)
+        assert isinstance(request[0], bytes)
+
+    thread = threading.Thread(target=mover, name="random-mover", daemon=True)
+    thread.start()
+    try:
+        draw()
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert len(drawn) == 20 and all(isinstance(t, bytes) and t.startswith(b"/") for t in drawn)
