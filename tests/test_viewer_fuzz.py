@@ -52,12 +52,12 @@ FUZZ = settings.get_profile("viewer-fuzz")
 
 # Hypothesis warns "Do not use the `random` module inside strategies" whenever the global random state moved
 # while it drew an example. These strategies never touch it (they are plain data, sampled_from and text), but
-# other threads of this pytest process legitimately do, at moments no test controls: distributed's IO loop
-# (left from the Dask tests), s3transfer's pools, Keras seeding initialisers as a model loads in a server
-# thread, Prefect's jittered reconnects to the session's API. Under load one of them once landed inside a draw
+# other threads of this pytest process legitimately do, at moments no test controls: distributed's IO loop (left
+# from the Dask tests), s3transfer's pools, Keras seeding initialisers as a model loads in a server thread, and
+# perhaps Prefect's jittered reconnects to the session's API. Under load one of them once landed inside a draw
 # and failed CI (FlakyStrategyDefinition on replay). The check cannot tell those threads from a strategy, so it
-# is switched off for this module only, with the "overly large repr" hint that building its message (the repr
-# of a strategy holding whole images) raises first; test_a_thread_moving_the_global_random_state_breaks_no_
+# is switched off for this module only, with the "overly large repr" hint that building its message (the repr of
+# a strategy holding whole images) raises first; test_a_thread_moving_the_global_random_state_breaks_no_
 # fuzz_test below proves that such a thread no longer matters.
 pytestmark = [
     pytest.mark.filterwarnings(
