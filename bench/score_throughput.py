@@ -216,8 +216,8 @@ def run_model(files: list[Path], predictor, batch_size: int) -> float:
 
     sample = files[: min(len(files), 256)]
     views = [predictor.views(decode_image(p.read_bytes(), predictor.max_pixels).pixels) for p in sample]
-    batches = [np.concatenate(views[i : i + batch_size]) for i in range(0, len(views), batch_size)]  # uint8, as
-    # the scorer passes them
+    # uint8, as the scorer passes them
+    batches = [np.concatenate(views[i : i + batch_size]) for i in range(0, len(views), batch_size)]
     predictor.score_views(batches[0])
     done, t0 = 0, time.perf_counter()
     while done < len(files):
